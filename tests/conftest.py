@@ -1,0 +1,58 @@
+"""Tiny two-tower models built from configs (random weights, no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import CLIPConfig, CLIPModel
+
+VOCAB, BOS, EOS, PAD = 99, 97, 98, 0
+
+
+def tiny_clip_config(attn_implementation: str = "sdpa", layers: int = 4) -> CLIPConfig:
+    text = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        vocab_size=VOCAB,
+        max_position_embeddings=16,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+    )
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4, image_size=32, patch_size=8
+    )
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+    config._attn_implementation = attn_implementation
+    config.text_config._attn_implementation = attn_implementation
+    config.vision_config._attn_implementation = attn_implementation
+    return config
+
+
+def tiny_clip(seed: int = 0, attn_implementation: str = "sdpa", layers: int = 4) -> CLIPModel:
+    torch.manual_seed(seed)
+    return CLIPModel(tiny_clip_config(attn_implementation, layers)).eval()
+
+
+def text_batch(num: int = 5, length: int = 9, padded: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Prompts `BOS w... EOS PAD...` of different lengths (or all full length when `padded` is False)."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.full((num, length), PAD)
+    attention_mask = torch.zeros(num, length, dtype=torch.long)
+    for i in range(num):
+        n = length if not padded else int(torch.randint(3, length + 1, (1,), generator=generator))
+        input_ids[i, :n] = torch.randint(1, BOS, (n,), generator=generator)
+        input_ids[i, 0], input_ids[i, n - 1] = BOS, EOS
+        attention_mask[i, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def image_batch(num: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.randn(num, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture
+def clip() -> CLIPModel:
+    return tiny_clip()
