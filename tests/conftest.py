@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from transformers import CLIPConfig, CLIPModel
+
+# Nothing can be downloaded here; never let a test wait on the hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 VOCAB, BOS, EOS, PAD = 99, 97, 98, 0
 
@@ -22,7 +27,12 @@ def tiny_clip_config(attn_implementation: str = "sdpa", layers: int = 4) -> CLIP
         pad_token_id=PAD,
     )
     vision = dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4, image_size=32, patch_size=8
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
     )
     config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
     config._attn_implementation = attn_implementation

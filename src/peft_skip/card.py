@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from huggingface_hub import ModelCard
+
 SECTION = "## Skip Tuning adapter"
 
 _CONFIG_KEYS = (
@@ -23,11 +25,14 @@ def add_skip_section(card_path: str, config: dict) -> None:
         card_path (`str`): The README.md peft wrote.
         config (`dict`): The saved adapter_config.json.
     """
-    with open(card_path, encoding="utf-8") as f:
-        text = f.read()
-    if SECTION in text:
+    card = ModelCard.load(card_path)
+    base = config.get("base_model_name_or_path")
+    if base and not card.data.base_model:
+        card.data.base_model = base
+    if SECTION in card.text:
+        card.save(card_path)
         return
-    base = config.get("base_model_name_or_path") or "<base model name or directory>"
+    base = base or "<base model name or directory>"
     settings = "\n".join(f"| `{key}` | `{config.get(key)}` |" for key in _CONFIG_KEYS)
     section = f"""
 {SECTION}
@@ -52,5 +57,5 @@ model = PeftModel.from_pretrained(base, "<this repository or directory>")
 model = model.merge_and_unload()  # a plain model again: no inference overhead
 ```
 """
-    with open(card_path, "w", encoding="utf-8") as f:
-        f.write(text.rstrip("\n") + "\n" + section)
+    card.text = card.text.rstrip("\n") + "\n" + section
+    card.save(card_path)

@@ -13,9 +13,17 @@ from peft.utils import PeftType
 DELTA_DTYPES = ("float32", "float16", "bfloat16")
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"SkipConfig.{name}={value!r} is invalid; expected an integer >= {minimum}.")
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require(name: str, value: object, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"SkipConfig.{name}={value!r} is invalid; expected {expected}.")
 
 
 @dataclass
@@ -87,23 +95,26 @@ class SkipConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.SKIP
-        _check_int("skip_layers", self.skip_layers, 0)
+        s = self.skip_layers
+        _require("skip_layers", s, _is_int(s) and s >= 0, "an integer >= 0")
         for name in ("vision_skip_layers", "text_skip_layers"):
-            if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), 0)
-        _check_int("max_classes", self.max_classes, 1)
-        ratio = self.class_ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not (0 < ratio <= 1 or ratio % 1 == 0):
-            raise ValueError(
-                f"SkipConfig.class_ratio={ratio!r} is invalid; expected a fraction in (0, 1] or a whole number of "
-                "classes > 1."
-            )
-        if isinstance(self.class_decay, bool) or not isinstance(self.class_decay, (int, float)) or self.class_decay <= 0:
-            raise ValueError(f"SkipConfig.class_decay={self.class_decay!r} is invalid; expected a number > 0.")
-        if isinstance(self.token_drop, bool) or not isinstance(self.token_drop, (int, float)) or not 0 <= self.token_drop < 1:
-            raise ValueError(f"SkipConfig.token_drop={self.token_drop!r} is out of range; expected a number in [0, 1).")
-        if self.delta_dtype not in DELTA_DTYPES:
-            raise ValueError(f"SkipConfig.delta_dtype={self.delta_dtype!r} is invalid; expected one of {DELTA_DTYPES}.")
+            s = getattr(self, name)
+            _require(name, s, s is None or (_is_int(s) and s >= 0), "None or an integer >= 0")
+        _require(
+            "max_classes", self.max_classes, _is_int(self.max_classes) and self.max_classes >= 1, "an integer >= 1"
+        )
+        r = self.class_ratio
+        _require(
+            "class_ratio",
+            r,
+            _is_number(r) and (0 < r <= 1 or (r > 1 and r % 1 == 0)),
+            "a fraction in (0, 1] or a whole number of classes > 1",
+        )
+        _require(
+            "class_decay", self.class_decay, _is_number(self.class_decay) and self.class_decay > 0, "a number > 0"
+        )
+        _require("token_drop", self.token_drop, _is_number(self.token_drop) and 0 <= self.token_drop < 1, "in [0, 1)")
+        _require("delta_dtype", self.delta_dtype, self.delta_dtype in DELTA_DTYPES, f"one of {DELTA_DTYPES}")
 
     def tower_skip_layers(self, tower: str) -> int:
         """ω of the `"vision"` or `"text"` tower."""

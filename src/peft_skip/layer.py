@@ -100,7 +100,7 @@ class SkipLayer(nn.Module, BaseTunerLayer):
     def unmerge(self) -> None:
         """Subtracts the merged deltas from the base parameters again."""
         if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.")
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
         base_params = dict(self.base_layer.named_parameters(recurse=False))
         while self.merged_adapters:

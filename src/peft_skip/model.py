@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils import PeftType, register_peft_method
-import torch
 from torch import nn
 
 from .config import SkipConfig
@@ -75,7 +75,7 @@ class SkipModel(BaseTuner):
         if not any(key == path or key.startswith(path + ".") for path in self._deep_paths):
             return False
         module = self.model.get_submodule(key)
-        return not isinstance(module, BaseTunerLayer) and next(module.parameters(recurse=False), None) is not None
+        return isinstance(module, BaseTunerLayer) or next(module.parameters(recurse=False), None) is not None
 
     def _create_and_replace(
         self,

@@ -1,0 +1,165 @@
+"""Saving, loading and uploading adapters: only deltas, only onto the right base model."""
+
+import json
+import os
+
+import pytest
+import torch
+from conftest import image_batch, text_batch, tiny_clip
+from peft import PeftConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
+
+import peft_skip  # noqa: F401
+from peft_skip import SkipConfig
+
+
+def _inputs():
+    return {**text_batch(num=3), "pixel_values": image_batch(num=3)}
+
+
+def _deep_numel(clip, skip_layers):
+    total = 0
+    for name, param in clip.named_parameters():
+        for tower in ("vision_model", "text_model"):
+            prefix = f"{tower}.encoder.layers."
+            if name.startswith(prefix) and int(name[len(prefix) :].split(".")[0]) >= skip_layers:
+                total += param.numel()
+        if name.startswith(("vision_model.post_layernorm", "visual_projection", "text_model.final_layer_norm")):
+            total += param.numel()
+        if name.startswith("text_projection"):
+            total += param.numel()
+    return total
+
+
+@pytest.fixture
+def saved(tmp_path):
+    clip = tiny_clip()
+    clip.name_or_path = "tiny-clip"
+    model = get_peft_model(clip, SkipConfig(skip_layers=2, init_weights=False))
+    model.save_pretrained(tmp_path)
+    return tmp_path, model
+
+
+def test_files_hold_only_the_deep_deltas(saved):
+    path, model = saved
+    assert sorted(os.listdir(path)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    tensors = load_file(path / "adapter_model.safetensors")
+    for key in tensors:
+        assert ".skip_delta." in key
+        assert "embeddings" not in key and "logit_scale" not in key
+        for tower in ("vision_model", "text_model"):
+            if f"{tower}.encoder.layers." in key:
+                assert int(key.split(f"{tower}.encoder.layers.")[1].split(".")[0]) >= 2, key
+    clip = tiny_clip()
+    assert sum(t.numel() for t in tensors.values()) == _deep_numel(clip, 2)
+    payload = _deep_numel(clip, 2) * 4
+    size = os.path.getsize(path / "adapter_model.safetensors")
+    assert payload <= size < payload + 32_000  # the rest is the safetensors header
+
+
+def test_load_round_trip_gives_the_same_logits(saved):
+    path, model = saved
+    expected = model(**_inputs()).logits_per_image
+    loaded = PeftModel.from_pretrained(tiny_clip(), path)
+    torch.testing.assert_close(loaded(**_inputs()).logits_per_image, expected)
+    config = PeftConfig.from_pretrained(path)
+    assert isinstance(config, SkipConfig) and config.skip_layers == 2
+
+
+@pytest.mark.parametrize("dtype, atol", [("float16", 2e-3), ("bfloat16", 2e-2)])
+def test_half_precision_storage(tmp_path, dtype, atol):
+    model = get_peft_model(tiny_clip(), SkipConfig(skip_layers=2, init_weights=False, delta_dtype=dtype))
+    model.save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "adapter_model.safetensors")
+    assert all(t.dtype == getattr(torch, dtype) for t in tensors.values())
+    payload = _deep_numel(tiny_clip(), 2) * 2
+    assert payload <= os.path.getsize(tmp_path / "adapter_model.safetensors") < payload + 32_000
+    loaded = PeftModel.from_pretrained(tiny_clip(), tmp_path)
+    torch.testing.assert_close(
+        loaded(**_inputs()).logits_per_image, model(**_inputs()).logits_per_image, atol=atol, rtol=0
+    )
+
+
+def test_config_records_base_model_and_fingerprint(saved):
+    path, _ = saved
+    config = json.loads((path / "adapter_config.json").read_text())
+    assert config["peft_type"] == "SKIP"
+    assert config["base_model_name_or_path"] == "tiny-clip"
+    assert set(config["base_model_fingerprint"]) == {"structure", "probe"}
+
+
+def test_loading_onto_another_base_model_fails_clearly(saved):
+    path, _ = saved
+    other = tiny_clip(seed=1)
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(ValueError, match="another base model.*verify_base_model=False"):
+        PeftModel.from_pretrained(other, path)
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+
+    config = PeftConfig.from_pretrained(path)
+    config.verify_base_model = False
+    PeftModel.from_pretrained(tiny_clip(seed=1), path, config=config)
+
+
+def test_loading_onto_a_deeper_model_fails_clearly(saved):
+    path, _ = saved
+    with pytest.raises(ValueError, match="names or shapes differ"):
+        PeftModel.from_pretrained(tiny_clip(layers=5), path)
+
+
+def test_same_base_in_another_dtype_is_accepted(saved):
+    path, _ = saved
+    loaded = PeftModel.from_pretrained(tiny_clip().to(torch.bfloat16), path)
+    assert loaded.peft_config["default"].skip_layers == 2
+
+
+def test_model_card(saved):
+    path, _ = saved
+    card = (path / "README.md").read_text()
+    assert "library_name: peft" in card
+    assert "base_model: tiny-clip" in card
+    assert "## Skip Tuning adapter" in card
+    assert "| `skip_layers` | `2` |" in card
+    assert "import peft_skip" in card and "PeftModel.from_pretrained" in card
+    # Saving again does not repeat the section.
+    _.save_pretrained(path)
+    assert (path / "README.md").read_text().count("## Skip Tuning adapter") == 1
+
+
+def test_push_to_hub_sends_the_adapter_files(monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    sent = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        for op in operations:
+            with open(op.path_or_fileobj, "rb") as f:
+                sent[op.path_in_repo] = f.read()
+        sent["repo_id"] = repo_id
+
+    load_card = huggingface_hub.ModelCard.load
+
+    def no_card_yet(cls, repo_id_or_path, **kwargs):
+        if os.path.exists(repo_id_or_path):
+            return load_card(repo_id_or_path, **kwargs)
+        raise EntryNotFoundError("no README.md in a new repository")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", create_commit)
+    monkeypatch.setattr(huggingface_hub.ModelCard, "load", classmethod(no_card_yet))
+
+    model = get_peft_model(tiny_clip(), SkipConfig(skip_layers=2))
+    model.push_to_hub("someone/skip-adapter")
+    assert sent["repo_id"] == "someone/skip-adapter"
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(sent)
+    assert json.loads(sent["adapter_config.json"])["peft_type"] == "SKIP"
+    assert all(".skip_delta." in key for key in _safetensors_keys(sent["adapter_model.safetensors"]))
+
+
+def _safetensors_keys(blob: bytes) -> list[str]:
+    header_size = int.from_bytes(blob[:8], "little")
+    return [k for k in json.loads(blob[8 : 8 + header_size]) if k != "__metadata__"]
