@@ -1,0 +1,16 @@
+"""Skip Tuning (Wu et al., CVPR 2025) as a peft method for transformers CLIP-family models.
+
+Importing this package registers peft type `SKIP`, so `get_peft_model(model, SkipConfig(...))`,
+`PeftConfig.from_pretrained` and `PeftModel.from_pretrained` work. Import it before loading a Skip Tuning adapter.
+"""
+
+from .model import register
+
+register()
+
+from .config import SkipConfig  # noqa: E402
+from .model import SkipModel  # noqa: E402
+from .towers import Tower, Towers, get_towers  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["SkipConfig", "SkipModel", "Tower", "Towers", "get_towers"]

@@ -1,0 +1,132 @@
+"""SkipConfig: the peft configuration of Skip Tuning."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+from peft.config import PeftConfig
+from peft.utils import PeftType
+
+DELTA_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require(name: str, value: object, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"SkipConfig.{name}={value!r} is invalid; expected {expected}.")
+
+
+@dataclass
+class SkipConfig(PeftConfig):
+    """Configuration of Skip Tuning (Wu et al., CVPR 2025): fine-tune the deep layers of both towers in place.
+
+    The first `skip_layers` layers of both encoders stay frozen (LSkip: their outputs are cached once); each training
+    step runs the text encoder only for a subset of classes (CSkip: the batch's classes, the `class_ratio` most
+    similar to its images, and a random tail whose keep probability decays with rank at scale `class_decay`).
+
+    Args:
+        skip_layers (`int`): Number of frozen shallow layers ω of both towers (paper: 6 of 12).
+        vision_skip_layers (`int`, *optional*): Overrides `skip_layers` for the image tower.
+        text_skip_layers (`int`, *optional*): Overrides `skip_layers` for the text tower.
+        class_ratio (`float`): Classes always kept per step: a fraction of all classes if ≤ 1, else a count.
+        max_classes (`int`): Upper bound on the classes always kept per step.
+        class_decay (`float`): Scale λ of the exponential keep probability over the remaining class ranks.
+        token_drop (`float`): Upper bound of the fraction of cached image tokens dropped per step (0 = off).
+        init_weights (`bool`): `True` starts from zero deltas (the base model); `False` from small random deltas.
+        delta_dtype (`str`): Dtype the deltas are saved in: `float32`, `float16` or `bfloat16`.
+        base_model_fingerprint (`dict`, *optional*): Set when the model is wrapped: identifies the base weights the
+            deltas apply to.
+        verify_base_model (`bool`): Refuse to load the adapter onto a base model whose fingerprint differs.
+    """
+
+    skip_layers: int = field(
+        default=6, metadata={"help": "Number of frozen shallow layers (ω) of both towers; layers ω..N-1 are trained."}
+    )
+    vision_skip_layers: int | None = field(
+        default=None, metadata={"help": "Frozen layers of the image tower; overrides `skip_layers` when set."}
+    )
+    text_skip_layers: int | None = field(
+        default=None, metadata={"help": "Frozen layers of the text tower; overrides `skip_layers` when set."}
+    )
+    class_ratio: float = field(
+        default=0.5,
+        metadata={
+            "help": "CSkip: classes always kept per step, as a fraction of all classes (≤ 1) or a count (> 1). "
+            "1 keeps every class."
+        },
+    )
+    max_classes: int = field(default=50, metadata={"help": "CSkip: upper bound on the classes always kept per step."})
+    class_decay: float = field(
+        default=0.3,
+        metadata={"help": "CSkip: scale λ of the exponential keep probability over the ranks beyond the top classes."},
+    )
+    token_drop: float = field(
+        default=0.0,
+        metadata={"help": "Upper bound of the random fraction of cached image tokens dropped per step; 0 is off."},
+    )
+    init_weights: bool = field(
+        default=True,
+        metadata={"help": "True: zero deltas, the wrapped model equals the base model. False: small random deltas."},
+    )
+    delta_dtype: Literal["float32", "float16", "bfloat16"] = field(
+        default="float32", metadata={"help": "Dtype the deltas are stored in on disk: float32, float16 or bfloat16."}
+    )
+    base_model_fingerprint: dict | None = field(
+        default=None,
+        metadata={"help": "Identifies the base weights the deltas apply to; set when the model is first wrapped."},
+    )
+    verify_base_model: bool = field(
+        default=True,
+        metadata={"help": "Refuse to apply the deltas to a base model whose weights differ from the fingerprint."},
+    )
+    # peft's injection reads `target_modules`; Skip Tuning derives its targets from the skip_layers instead.
+    target_modules = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = PeftType.SKIP
+        s = self.skip_layers
+        _require("skip_layers", s, _is_int(s) and s >= 0, "an integer >= 0")
+        for name in ("vision_skip_layers", "text_skip_layers"):
+            s = getattr(self, name)
+            _require(name, s, s is None or (_is_int(s) and s >= 0), "None or an integer >= 0")
+        _require(
+            "max_classes", self.max_classes, _is_int(self.max_classes) and self.max_classes >= 1, "an integer >= 1"
+        )
+        r = self.class_ratio
+        _require(
+            "class_ratio",
+            r,
+            _is_number(r) and (0 < r <= 1 or (r > 1 and r % 1 == 0)),
+            "a fraction in (0, 1] or a whole number of classes > 1",
+        )
+        _require(
+            "class_decay", self.class_decay, _is_number(self.class_decay) and self.class_decay > 0, "a number > 0"
+        )
+        _require("token_drop", self.token_drop, _is_number(self.token_drop) and 0 <= self.token_drop < 1, "in [0, 1)")
+        _require("delta_dtype", self.delta_dtype, self.delta_dtype in DELTA_DTYPES, f"one of {DELTA_DTYPES}")
+
+    def tower_skip_layers(self, tower: str) -> int:
+        """ω of the `"vision"` or `"text"` tower."""
+        override = self.vision_skip_layers if tower == "vision" else self.text_skip_layers
+        return self.skip_layers if override is None else override
+
+    def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        super().save_pretrained(save_directory, **kwargs)
+        # peft writes the model card before the config, so the card can be completed here.
+        card = os.path.join(save_directory, "README.md")
+        if os.path.exists(card):
+            from .card import add_skip_section
+
+            with open(os.path.join(save_directory, "adapter_config.json")) as f:
+                add_skip_section(card, json.load(f))

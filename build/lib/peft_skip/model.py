@@ -1,0 +1,124 @@
+"""SkipModel: the peft tuner that puts deltas on the deep layers of both towers."""
+
+from __future__ import annotations
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.utils import PeftType, register_peft_method
+from torch import nn
+
+from .config import SkipConfig
+from .fingerprint import fingerprint, fingerprint_mismatch
+from .layer import SkipLayer
+from .towers import get_towers
+
+PREFIX = "skip_"
+
+
+class SkipModel(BaseTuner):
+    """Skip Tuning (Wu et al., CVPR 2025): fine-tunes layers ω..N-1 of both towers and what follows them in place.
+
+    Every module with parameters in those layers (and in the vision / text heads) is wrapped in a `SkipLayer`
+    holding a zero-initialised delta per parameter; everything else, `logit_scale` included, is frozen. No module is
+    added to the forward pass, so after `merge_and_unload` the model is a plain transformers model.
+
+    Args:
+        model (`nn.Module`): A supported two-tower model, e.g. a `transformers.CLIPModel`.
+        config (`SkipConfig`): The configuration.
+        adapter_name (`str`): Name of the adapter, `"default"` by default.
+
+    Example:
+        ```py
+        >>> import peft_skip  # registers the method with peft
+        >>> from peft import get_peft_model
+        >>> model = get_peft_model(clip, peft_skip.SkipConfig(skip_layers=6))
+        >>> model.print_trainable_parameters()
+        ```
+    """
+
+    prefix: str = PREFIX
+    tuner_layer_cls = SkipLayer
+    target_module_mapping: dict = {}
+
+    def _prepare_adapter_config(self, peft_config: SkipConfig, model_config: dict) -> SkipConfig:
+        return peft_config
+
+    def _pre_injection_hook(self, model: nn.Module, config: SkipConfig, adapter_name: str) -> None:
+        actual = fingerprint(model, self.prefix)
+        if config.base_model_fingerprint is None:
+            config.base_model_fingerprint = actual
+            return
+        reason = fingerprint_mismatch(config.base_model_fingerprint, actual)
+        if reason is not None and config.verify_base_model:
+            raise ValueError(
+                f"Adapter {adapter_name!r} was trained on another base model than the one given "
+                f"(base_model_name_or_path={config.base_model_name_or_path!r}): {reason}. Load it onto the base "
+                "model it was trained on, or set `verify_base_model=False` in its config to apply it anyway."
+            )
+
+    def _prepare_model(self, peft_config: SkipConfig, model: nn.Module) -> None:
+        towers = get_towers(model)
+        paths = []
+        for tower in (towers.vision, towers.text):
+            skip = peft_config.tower_skip_layers(tower.name)
+            if skip > tower.num_layers:
+                field = f"{tower.name}_skip_layers" if skip != peft_config.skip_layers else "skip_layers"
+                raise ValueError(
+                    f"SkipConfig.{field}={skip} is out of range for this model's {tower.name} tower; expected an "
+                    f"integer in [0, {tower.num_layers}]."
+                )
+            paths.extend(tower.deep_module_paths(skip))
+        self._deep_paths = tuple(paths)
+
+    def _check_target_module_exists(self, peft_config: SkipConfig, key: str) -> bool:
+        # Every module with parameters of its own under a deep path gets deltas; containers do not.
+        if not any(key == path or key.startswith(path + ".") for path in self._deep_paths):
+            return False
+        module = self.model.get_submodule(key)
+        return isinstance(module, BaseTunerLayer) or next(module.parameters(recurse=False), None) is not None
+
+    def _create_and_replace(
+        self,
+        peft_config: SkipConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        **kwargs,
+    ) -> None:
+        if isinstance(target, SkipLayer):
+            target.update_layer(adapter_name, peft_config.init_weights)
+            return
+        new_module = SkipLayer(target, adapter_name, init_weights=peft_config.init_weights)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    @classmethod
+    def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
+        deltas = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
+        dtype = getattr(torch, config.delta_dtype)
+        return {key: value.to(dtype) for key, value in deltas.items()}
+
+
+def _add_peft_type(name: str) -> None:
+    """Adds `name` to peft's `PeftType` enum, which peft offers no public way to extend."""
+    if name in PeftType.__members__:
+        return
+    member = str.__new__(PeftType, name)
+    member._name_ = name
+    member._value_ = name
+    type.__setattr__(PeftType, name, member)
+    PeftType._member_map_[name] = member
+    PeftType._value2member_map_[name] = member
+    PeftType._member_names_.append(name)
+
+
+def register() -> None:
+    """Registers Skip Tuning with peft as peft type `SKIP` (idempotent)."""
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    _add_peft_type("SKIP")
+    if PeftType.SKIP not in PEFT_TYPE_TO_CONFIG_MAPPING:
+        register_peft_method(name="skip", config_cls=SkipConfig, model_cls=SkipModel, prefix=PREFIX)

@@ -1,0 +1,27 @@
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_builds_as_a_wheel_with_the_console_script(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp_path, ROOT],
+        check=True,
+        cwd=tmp_path,
+    )
+    (wheel,) = tmp_path.glob("peft_skip-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"peft_skip/__init__.py", "peft_skip/model.py", "peft_skip/layer.py"} <= set(names)
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "peft-skip = peft_skip.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_import_registers_the_peft_type():
+    code = (
+        "import peft_skip, peft; from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING as m; print(m['SKIP'].__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT / "src")
+    assert out.stdout.strip() == "SkipConfig"
