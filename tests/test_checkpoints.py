@@ -163,3 +163,62 @@ def test_push_to_hub_sends_the_adapter_files(monkeypatch):
 def _safetensors_keys(blob: bytes) -> list[str]:
     header_size = int.from_bytes(blob[:8], "little")
     return [k for k in json.loads(blob[8 : 8 + header_size]) if k != "__metadata__"]
+
+
+def _truncate(path, keep):
+    blob = (path / "adapter_model.safetensors").read_bytes()
+    (path / "adapter_model.safetensors").write_bytes(blob[:keep] if keep >= 0 else blob[:keep])
+
+
+def _untouched(model):
+    from peft_skip.layer import SkipLayer
+
+    return not any(isinstance(m, SkipLayer) for m in model.modules()) and not hasattr(model, "peft_config")
+
+
+@pytest.mark.parametrize("keep", [4, 100, -10])
+def test_truncated_weights_fail_before_the_model_is_touched(saved, keep):
+    path, _ = saved
+    _truncate(path, keep)
+    base = tiny_clip()
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        PeftModel.from_pretrained(base, path)
+    assert _untouched(base)
+
+
+def test_unknown_config_field_is_refused(saved):
+    path, _ = saved
+    config = json.loads((path / "adapter_config.json").read_text())
+    config["skip_layerz"] = 3
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    base = tiny_clip()
+    with pytest.raises(ValueError, match=r"does not know: \['skip_layerz'\]"):
+        PeftModel.from_pretrained(base, path)
+    assert _untouched(base)
+
+
+def test_another_methods_adapter_is_refused(tmp_path):
+    from peft import LoraConfig
+
+    get_peft_model(tiny_clip(), LoraConfig(target_modules=["q_proj"])).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="describes a LORA adapter, not a SKIP one"):
+        SkipConfig.from_pretrained(tmp_path)
+
+
+def test_tensors_of_the_wrong_shape_are_refused(saved):
+    path, _ = saved
+    config = json.loads((path / "adapter_config.json").read_text())
+    config["skip_layers"] = 1  # the file holds layers 2..3 only
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    base = tiny_clip()
+    with pytest.raises(ValueError, match="do not fit this model: .* missing"):
+        PeftModel.from_pretrained(base, path)
+    assert _untouched(base)
+
+
+def test_a_second_adapter_loads_next_to_the_first(saved):
+    path, model = saved
+    loaded = PeftModel.from_pretrained(tiny_clip(), path, adapter_name="first")
+    loaded.load_adapter(path, adapter_name="second")
+    loaded.set_adapter("second")
+    torch.testing.assert_close(loaded(**_inputs()).logits_per_image, model(**_inputs()).logits_per_image)

@@ -10,6 +10,8 @@ from typing import Literal
 from peft.config import PeftConfig
 from peft.utils import PeftType
 
+from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, check_saved_config, read_tensor_shapes
+
 DELTA_DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -120,6 +122,25 @@ class SkipConfig(PeftConfig):
         """ω of the `"vision"` or `"text"` tower."""
         override = self.vision_skip_layers if tower == "vision" else self.text_skip_layers
         return self.skip_layers if override is None else override
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs):
+        """Loads a saved config; for a local adapter directory, also checks its files before any model is touched.
+
+        Raises:
+            ValueError: If the directory holds another method's adapter, a config with unknown fields, or a corrupt
+                or truncated weights file.
+        """
+        directory = os.path.join(pretrained_model_name_or_path, subfolder or "")
+        is_local = os.path.isfile(os.path.join(directory, CONFIG_NAME))
+        if is_local:
+            check_saved_config(os.path.join(directory, CONFIG_NAME), cls, "SKIP")
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        weights = os.path.join(directory, WEIGHTS_NAME)
+        if is_local and os.path.isfile(weights):
+            # Not a dataclass field: used by SkipModel to check shapes before injecting, never saved.
+            config.checkpoint_shapes = read_tensor_shapes(weights)
+        return config
 
     def save_pretrained(self, save_directory: str, **kwargs) -> None:
         super().save_pretrained(save_directory, **kwargs)

@@ -35,14 +35,20 @@ class SkipLayer(nn.Module, BaseTunerLayer):
         self.merged_adapters = []
         self.update_layer(adapter_name, init_weights)
 
+    @staticmethod
+    def delta_shapes(module: nn.Module) -> dict[str, torch.Size]:
+        """Name and shape of each delta `SkipLayer` holds for `module`."""
+        # ParameterDict keys may not contain dots; parameters of a module's own never do.
+        return {name: param.shape for name, param in module.named_parameters(recurse=False)}
+
     def update_layer(self, adapter_name: str, init_weights: bool) -> None:
         """Adds zero (or small random) deltas for `adapter_name` and makes it the active adapter."""
+        base = dict(self.base_layer.named_parameters(recurse=False))
         deltas = nn.ParameterDict()
-        for name, param in self.base_layer.named_parameters(recurse=False):
-            delta = torch.zeros_like(param)
+        for name in self.delta_shapes(self.base_layer):
+            delta = torch.zeros_like(base[name])
             if not init_weights:
                 nn.init.normal_(delta, std=0.02)
-            # ParameterDict keys may not contain dots; parameters of a leaf module never do.
             deltas[name] = nn.Parameter(delta)
         self.skip_delta[adapter_name] = deltas
         self.set_adapter(adapter_name)

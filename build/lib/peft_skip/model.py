@@ -7,6 +7,7 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils import PeftType, register_peft_method
 from torch import nn
 
+from .checkpoint import check_deltas_fit
 from .config import SkipConfig
 from .fingerprint import fingerprint, fingerprint_mismatch
 from .layer import SkipLayer
@@ -44,38 +45,56 @@ class SkipModel(BaseTuner):
         return peft_config
 
     def _pre_injection_hook(self, model: nn.Module, config: SkipConfig, adapter_name: str) -> None:
+        # Every check runs before the first module is replaced, so a refused adapter leaves the model untouched.
         actual = fingerprint(model, self.prefix)
         if config.base_model_fingerprint is None:
             config.base_model_fingerprint = actual
-            return
-        reason = fingerprint_mismatch(config.base_model_fingerprint, actual)
-        if reason is not None and config.verify_base_model:
-            raise ValueError(
-                f"Adapter {adapter_name!r} was trained on another base model than the one given "
-                f"(base_model_name_or_path={config.base_model_name_or_path!r}): {reason}. Load it onto the base "
-                "model it was trained on, or set `verify_base_model=False` in its config to apply it anyway."
-            )
+        else:
+            reason = fingerprint_mismatch(config.base_model_fingerprint, actual)
+            if reason is not None and config.verify_base_model:
+                raise ValueError(
+                    f"Adapter {adapter_name!r} was trained on another base model than the one given "
+                    f"(base_model_name_or_path={config.base_model_name_or_path!r}): {reason}. Load it onto the "
+                    "base model it was trained on, or set `verify_base_model=False` in its config to apply it anyway."
+                )
+        saved_shapes = getattr(config, "checkpoint_shapes", None)
+        if saved_shapes is not None:
+            expected = {
+                f"base_model.model.{path}.skip_delta.{name}": tuple(shape)
+                for path, module in self._target_modules(model, config).items()
+                for name, shape in SkipLayer.delta_shapes(module).items()
+            }
+            check_deltas_fit(saved_shapes, expected)
 
-    def _prepare_model(self, peft_config: SkipConfig, model: nn.Module) -> None:
+    def _target_modules(self, model: nn.Module, config: SkipConfig) -> dict[str, nn.Module]:
+        """The modules that get deltas: those with parameters of their own in the deep layers and heads."""
         towers = get_towers(model)
         paths = []
         for tower in (towers.vision, towers.text):
-            skip = peft_config.tower_skip_layers(tower.name)
+            skip = config.tower_skip_layers(tower.name)
             if skip > tower.num_layers:
-                field = f"{tower.name}_skip_layers" if skip != peft_config.skip_layers else "skip_layers"
+                field = f"{tower.name}_skip_layers" if skip != config.skip_layers else "skip_layers"
                 raise ValueError(
                     f"SkipConfig.{field}={skip} is out of range for this model's {tower.name} tower; expected an "
                     f"integer in [0, {tower.num_layers}]."
                 )
             paths.extend(tower.deep_module_paths(skip))
-        self._deep_paths = tuple(paths)
+        targets = {}
+        for path in paths:
+            for name, module in model.get_submodule(path).named_modules(prefix=path):
+                if any(name.startswith(wrapped + ".") for wrapped in targets):
+                    continue  # inside a module already wrapped by another adapter
+                if isinstance(module, BaseTunerLayer):
+                    targets[name] = module.get_base_layer()
+                elif next(module.parameters(recurse=False), None) is not None:
+                    targets[name] = module
+        return targets
+
+    def _prepare_model(self, peft_config: SkipConfig, model: nn.Module) -> None:
+        self._targets = set(self._target_modules(model, peft_config))
 
     def _check_target_module_exists(self, peft_config: SkipConfig, key: str) -> bool:
-        # Every module with parameters of its own under a deep path gets deltas; containers do not.
-        if not any(key == path or key.startswith(path + ".") for path in self._deep_paths):
-            return False
-        module = self.model.get_submodule(key)
-        return isinstance(module, BaseTunerLayer) or next(module.parameters(recurse=False), None) is not None
+        return key in self._targets
 
     def _create_and_replace(
         self,
