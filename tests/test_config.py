@@ -1,6 +1,8 @@
 import dataclasses
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from peft import PeftConfig
 from peft.utils import PeftType
 
@@ -82,3 +84,33 @@ def test_round_trip_through_json(tmp_path):
     loaded = PeftConfig.from_pretrained(tmp_path)
     assert isinstance(loaded, SkipConfig)
     assert (loaded.skip_layers, loaded.class_ratio, loaded.delta_dtype) == (3, 0.25, "bfloat16")
+
+
+_numbers = st.one_of(
+    st.integers(-5, 200), st.floats(-2, 200), st.sampled_from([float("nan"), float("inf")]), st.booleans(), st.none()
+)
+_FIELDS = ("skip_layers", "vision_skip_layers", "text_skip_layers", "class_ratio", "max_classes", "class_decay")
+
+
+def _valid(name, value):
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if name in ("vision_skip_layers", "text_skip_layers") and value is None:
+        return True
+    if name in ("skip_layers", "vision_skip_layers", "text_skip_layers"):
+        return is_int and value >= 0
+    if name == "max_classes":
+        return is_int and value >= 1
+    if name == "class_ratio":
+        return is_number and (0 < value <= 1 or (value > 1 and value % 1 == 0 and value != float("inf")))
+    return is_number and value > 0 and value == value  # class_decay
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.sampled_from(_FIELDS), value=_numbers)
+def test_any_value_is_accepted_or_refused_by_name(name, value):
+    if _valid(name, value):
+        assert getattr(SkipConfig(**{name: value}), name) == value
+    else:
+        with pytest.raises(ValueError, match=f"SkipConfig.{name}="):
+            SkipConfig(**{name: value})
