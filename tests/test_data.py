@@ -184,6 +184,24 @@ def test_hf_dataset_string_labels_and_errors():
         from_hf_dataset(tiny_hf(labels=(0, -1, 1)))
 
 
+def test_hf_image_column_as_paths_and_undecoded_bytes(tmp_path):
+    write_folder(tmp_path, {"a": 2})
+    paths = sorted(str(p) for p in (tmp_path / "a").iterdir())
+    by_path = from_hf_dataset(datasets.Dataset.from_dict({"image": paths, "label": ["a", "a"]}))
+    assert by_path.image(1).getpixel((0, 0)) == (10, 0, 7)
+    features = datasets.Features({"image": datasets.Image(decode=False), "label": datasets.ClassLabel(names=["a"])})
+    undecoded = datasets.Dataset.from_dict({"image": paths, "label": [0, 0]}, features=features)
+    assert from_hf_dataset(undecoded).image(1).getpixel((0, 0)) == (10, 0, 7)
+    corrupt = datasets.Dataset.from_dict(
+        {"image": [{"bytes": b"not a png", "path": "x.png"}], "label": [0]}, features=features
+    )
+    with pytest.raises(OSError, match="row 0 .*x.png"):
+        from_hf_dataset(corrupt).image(0)
+    numbers = datasets.Dataset.from_dict({"image": [1.5], "label": ["a"]})
+    with pytest.raises(TypeError, match="not an image"):
+        from_hf_dataset(numbers).image(0)
+
+
 def test_hf_dataset_from_disk_and_spec(tmp_path):
     datasets.DatasetDict({"train": tiny_hf(), "test": tiny_hf(labels=(2, 2))}).save_to_disk(tmp_path / "saved")
     test = load_hf_dataset(str(tmp_path / "saved"), "test")
@@ -213,6 +231,7 @@ def test_fashion_mnist():
     r, g, b = (np.asarray(image)[..., c] for c in range(3))
     assert (r == g).all() and (g == b).all() and r.max() > 100
     assert test.labels[0] == 9  # the first test image is an ankle boot
+    assert load_dataset_spec("fashion-mnist", "test").fingerprint() == test.fingerprint()
     with pytest.raises(ValueError, match="splits 'train' and 'test'"):
         load_fashion_mnist("val")
 
