@@ -21,7 +21,6 @@ import torch
 from tqdm.auto import tqdm
 
 from .fingerprint import fingerprint as weights_fingerprint
-from .fingerprint import fingerprint_mismatch
 from .towers import Tower
 
 logger = logging.getLogger(__name__)
@@ -322,12 +321,10 @@ def _reuse_problem(path: Path, key: dict) -> str | None:
     if not (path / _COMPLETE_FILE).exists() or not (path / _META_FILE).exists():
         return "the cache there is incomplete (an interrupted build)"
     stored = json.loads((path / _META_FILE).read_text())
-    weights = fingerprint_mismatch(stored.get("weights", {"structure": None}), key["weights"])
-    if weights is not None:
-        return f"it was built from other base weights ({weights})"
-    differing = sorted(name for name in key if name != "weights" and stored.get(name) != key[name])
+    # Exact comparison, also of the weights' fingerprint: the states must be those the current model computes.
+    differing = sorted(name for name in key if stored.get(name) != key[name])
     if differing:
-        return f"it was built for another {', '.join(differing)}"
+        return f"it was built from other inputs ({', '.join(differing)} differ)"
     return None
 
 
