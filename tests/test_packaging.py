@@ -1,3 +1,4 @@
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -7,8 +8,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_builds_as_a_wheel_with_the_console_script(tmp_path):
+    # Build from a copy: setuptools leaves build/ and *.egg-info next to the sources it builds.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__", "runs"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp_path, ROOT],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp_path, source],
         check=True,
         cwd=tmp_path,
     )
