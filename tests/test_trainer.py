@@ -250,13 +250,13 @@ def test_bad_inputs(tmp_path):
 
 
 DISTRIBUTED = os.path.join(os.path.dirname(__file__), "distributed_train.py")
+ACCELERATE_CONFIG = os.path.join(os.path.dirname(__file__), "..", "examples", "accelerate_config.yaml")
 
 
 def test_two_processes_match_one(tmp_path):
     """`accelerate launch` with 2 CPU processes (gloo on loopback) gives the deltas of a single process."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(["src", "tests", os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]
-    command += ["--num_machines", "1", "--main_process_ip", "127.0.0.1", "--main_process_port", "29517"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", ACCELERATE_CONFIG]
     subprocess.run([*command, DISTRIBUTED, str(tmp_path / "two")], check=True, env=env, timeout=300)
     saved = torch.load(tmp_path / "two" / "deltas.pt")
     assert saved["num_processes"] == 2

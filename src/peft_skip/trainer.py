@@ -141,6 +141,20 @@ class TrainingArguments:
             raise ValueError(f"Learning rates must be > 0; got lr={self.lr}, warmup_lr={self.warmup_lr}.")
 
 
+def make_accelerator(mixed_precision: str = "no") -> Accelerator:
+    """The `Accelerator` of a run; create it before anything else touches Accelerate's state.
+
+    Args:
+        mixed_precision (`str`): `no`, `bf16` (autocast on CPU or GPU) or `fp16` (GPU only).
+    """
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("mixed_precision='fp16' needs a CUDA GPU; use 'bf16' (autocast on CPU) or 'no'.")
+    # Started as several processes (torchrun, `accelerate launch` with MULTI_GPU) on a machine without CUDA,
+    # Accelerate only joins them in a (gloo) process group when told to run on the CPU.
+    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
 
@@ -301,6 +315,7 @@ class SkipTrainer:
         prompts (`dict[str, torch.Tensor]`): Tokenised prompts of all classes: `input_ids` and `attention_mask`,
             shape `(C, L)`, in class order.
         transform (`Callable`): Training augmentation: `transform(pil_image, generator=...)` -> `(3, S, S)`.
+        accelerator (`Accelerator`, *optional*): Defaults to `make_accelerator(args.mixed_precision)`.
     """
 
     def __init__(
@@ -310,6 +325,7 @@ class SkipTrainer:
         train_set,
         prompts: dict[str, torch.Tensor],
         transform: Callable,
+        accelerator: Accelerator | None = None,
     ) -> None:
         if not isinstance(model, PeftModel) or not isinstance(model.peft_config[model.active_adapter], SkipConfig):
             raise TypeError("SkipTrainer needs a model wrapped by `get_peft_model(model, SkipConfig(...))`.")
@@ -324,7 +340,7 @@ class SkipTrainer:
         self.prompts = prompts
         self.transform = transform
         self.config: SkipConfig = model.peft_config[model.active_adapter]
-        self.accelerator = Accelerator(mixed_precision=args.mixed_precision)
+        self.accelerator = accelerator or make_accelerator(args.mixed_precision)
         self.labels = torch.as_tensor(train_set.labels)
 
     def _images(self, key: int) -> Callable[[int, torch.Tensor], torch.Tensor]:
