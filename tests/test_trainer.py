@@ -153,7 +153,7 @@ def test_schedule_warmup_then_cosine(tmp_path):
     history = trainer.train().history
     steps = 3  # 3 classes x 4 images, one class per batch of 4
     assert [h["lr"] for h in history] == pytest.approx(
-        [0.01 * lr_lambda(trainer.args, steps)(steps * e) for e in (1, 2)]
+        [0.01 * lr_lambda(trainer.args, steps)(steps * e - 1) for e in (1, 2)]
     )
 
 

@@ -526,6 +526,7 @@ class SkipTrainer:
                             )
                         accelerator.backward(out.loss)
                     totals += stats
+                lr = optimizer.param_groups[0]["lr"]
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -536,7 +537,7 @@ class SkipTrainer:
                     "epoch": epoch + 1,
                     "loss": (totals[0] / totals[2]).item(),
                     "accuracy": (totals[1] / totals[2]).item(),
-                    "lr": optimizer.param_groups[0]["lr"],
+                    "lr": lr,  # of the epoch's last step
                     "seconds": time.perf_counter() - epoch_start,
                 }
             )
