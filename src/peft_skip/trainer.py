@@ -286,6 +286,13 @@ def _generator(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(hash(keys) & 0xFFFF_FFFF_FFFF)
 
 
+def _describe(transform: Callable) -> dict | str:
+    """What identifies an augmentation across runs (its settings, not its address) for the cache fingerprint."""
+    if not hasattr(transform, "__dict__") or not vars(transform):
+        return getattr(transform, "__qualname__", type(transform).__qualname__)
+    return {k: str(v) for k, v in vars(transform).items() if not isinstance(v, torch.Generator)}
+
+
 def _checkpoints(output_dir: str) -> list[str]:
     root = os.path.join(output_dir, CHECKPOINTS_DIR)
     if not os.path.isdir(root):
@@ -367,6 +374,14 @@ class SkipTrainer:
             views=views,
             dtype=getattr(torch, self.args.cache_dtype),
             cache_dir=self.args.cache_dir,
+            fingerprint={
+                "data": self.train_set.fingerprint()
+                if hasattr(self.train_set, "fingerprint")
+                else len(self.train_set),
+                "augmentation": _describe(self.transform),
+                "seed": self.args.seed,
+                "pass": key,
+            },
             indices=shard,
         )
 
