@@ -1,0 +1,87 @@
+"""The `peft-skip` command line on a tiny offline model and scikit-learn's digits."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from peft_skip.cli import build_parser, main
+
+TRAIN = ["--data", "digits", "--shots", "4", "--skip-layers", "2", "--test-limit", "60", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("model") / "tiny")
+    assert main(["make-offline-model", path, "--arch", "tiny"]) == 0
+    return path
+
+
+def test_train_eval_zero_shot(tiny_model, tmp_path, capsys):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(["src", os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "peft_skip.cli", "train", "--model", tiny_model, *TRAIN, "--epochs", "2"]
+    command += ["--lr", "1e-3", "--mixed-precision", "bf16", "--out", str(out)]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "RANDOM weights" in run.stdout and "Skip Tuning accuracy" in run.stdout
+    assert sorted(os.listdir(out)) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "checkpoints",
+        "metrics.json",
+    ]
+    assert os.listdir(out / "checkpoints") == ["epoch-0002"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["random_weights"] and len(metrics["history"]) == 2
+    assert metrics["training_arguments"]["mixed_precision"] == "bf16"
+    assert set(metrics["tuned"]["per_class"]) == {str(d) for d in range(10)}
+    assert metrics["tuned"]["num_images"] == 60 and metrics["cache_bytes_per_process"] > 0
+
+    # `eval` reloads the adapter and reproduces the tuned accuracy; `zero-shot` the base model's.
+    common = ["--model", tiny_model, "--data", "digits", "--test-limit", "60"]
+    assert main(["eval", *common, "--adapter", str(out), "--out", str(tmp_path / "eval.json")]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["accuracy"] == metrics["tuned"]["accuracy"]
+    assert main(["zero-shot", *common]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(printed[printed.index("{") :])
+    assert report["accuracy"] == metrics["zero_shot"]["accuracy"]
+    assert report["per_class"] == metrics["zero_shot"]["per_class"]
+
+
+def test_base_to_new_resume(tiny_model, tmp_path):
+    args = ["train", "--model", tiny_model, *TRAIN, "--preset", "base_to_new", "--epochs", "2", "--out", str(tmp_path)]
+    assert main(args) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics["tuned"]) == {"base", "new", "harmonic_mean"}
+    assert set(metrics["tuned"]["base"]["per_class"]) <= {"0", "1", "2", "3", "4"}
+    assert metrics["history"][0]["lr"] == pytest.approx(1e-6)  # warm-up epoch
+    assert metrics["training_arguments"]["lr"] == 2e-5
+
+    # Resuming a finished run trains no further epoch and keeps its result.
+    assert main([*args, "--resume"]) == 0
+    resumed = json.loads((tmp_path / "metrics.json").read_text())
+    assert resumed["resumed_from_epoch"] == 2 and resumed["history"] == []
+    assert resumed["tuned"] == metrics["tuned"]
+
+
+def test_every_option_is_explained():
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert set(commands) == {"train", "eval", "zero-shot", "make-offline-model"}
+    for name, command in commands.items():
+        for action in command._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+    assert "--cache-mode" in commands["train"].format_help()
+
+
+def test_bad_input_is_reported(tiny_model, tmp_path, capsys):
+    assert main(["zero-shot", "--model", tiny_model, "--data", "no-such-data"]) == 2
+    assert "Unknown dataset 'no-such-data'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--model", tiny_model, "--data", "digits", "--out", str(tmp_path), "--cache-mode", "lazy"])
