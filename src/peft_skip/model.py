@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils import PeftType, register_peft_method
-import torch
 from torch import nn
 
 from .config import SkipConfig
@@ -60,6 +60,8 @@ class SkipModel(BaseTuner):
         towers = get_towers(model)
         paths = []
         for tower in (towers.vision, towers.text):
+            if tower is None:
+                continue
             skip = peft_config.tower_skip_layers(tower.name)
             if skip > tower.num_layers:
                 field = f"{tower.name}_skip_layers" if skip != peft_config.skip_layers else "skip_layers"
@@ -71,11 +73,21 @@ class SkipModel(BaseTuner):
         self._deep_paths = tuple(paths)
 
     def _check_target_module_exists(self, peft_config: SkipConfig, key: str) -> bool:
-        # Every module with parameters of its own under a deep path gets deltas; containers do not.
-        if not any(key == path or key.startswith(path + ".") for path in self._deep_paths):
+        # Under a deep path, the outermost modules with parameters of their own get deltas for all their parameters;
+        # modules without are containers and are descended into. A module with parameters and submodules is wrapped
+        # whole because its forward may read its submodules' parameters directly: `nn.MultiheadAttention` passes
+        # `out_proj.weight` to `F.multi_head_attention_forward`, which would bypass a wrapped `out_proj`.
+        deep_path = next((p for p in self._deep_paths if key == p or key.startswith(p + ".")), None)
+        if deep_path is None:
             return False
+        parts = key.split(".")
+        for end in range(deep_path.count(".") + 1, len(parts)):
+            ancestor = self.model.get_submodule(".".join(parts[:end]))
+            if isinstance(ancestor, BaseTunerLayer) or _has_own_parameters(ancestor):
+                return False
         module = self.model.get_submodule(key)
-        return not isinstance(module, BaseTunerLayer) and next(module.parameters(recurse=False), None) is not None
+        # An existing SkipLayer is a target too: `_create_and_replace` adds the new adapter's deltas to it.
+        return isinstance(module, SkipLayer) or _has_own_parameters(module)
 
     def _create_and_replace(
         self,
@@ -95,11 +107,23 @@ class SkipModel(BaseTuner):
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
 
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+        if isinstance(new_module, SkipLayer):
+            super()._replace_module(parent, child_name, new_module, child)
+            return
+        # Unloading puts the untouched base module back; peft's default would copy a `weight` onto it, which a
+        # wrapped non-leaf module (e.g. an attention-pooling head) does not have.
+        setattr(parent, child_name, new_module)
+
     @classmethod
     def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
         deltas = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
         dtype = getattr(torch, config.delta_dtype)
         return {key: value.to(dtype) for key, value in deltas.items()}
+
+
+def _has_own_parameters(module: nn.Module) -> bool:
+    return next(module.parameters(recurse=False), None) is not None
 
 
 def _add_peft_type(name: str) -> None:
