@@ -27,6 +27,10 @@ from transformers import (
     CLIPVisionModelWithProjection,
     MetaClip2Config,
     MetaClip2Model,
+    MetaClip2TextConfig,
+    MetaClip2TextModelWithProjection,
+    MetaClip2VisionConfig,
+    MetaClip2VisionModelWithProjection,
     Siglip2Config,
     Siglip2Model,
     SiglipConfig,
@@ -164,7 +168,18 @@ FAMILIES = [
     Family(
         "clip_text_model",
         _build(CLIPTextModelWithProjection, lambda: CLIPTextConfig(**CLIP_TEXT, projection_dim=16)),
-        has_text=True,
+        standalone=True,
+    ),
+    Family(
+        "metaclip_2_vision_model",
+        _build(MetaClip2VisionModelWithProjection, lambda: MetaClip2VisionConfig(**CLIP_VISION, projection_dim=16)),
+        _clip_images,
+        has_text=False,
+        standalone=True,
+    ),
+    Family(
+        "metaclip_2_text_model",
+        _build(MetaClip2TextModelWithProjection, lambda: MetaClip2TextConfig(**CLIP_TEXT, projection_dim=16)),
         standalone=True,
     ),
 ]
@@ -357,8 +372,9 @@ def test_unsupported_model_raises_type_error(model):
 
 
 def test_towers_of_single_tower_models():
-    vision_only = get_towers(FAMILIES[-2].build("sdpa"))
-    text_only = get_towers(FAMILIES[-1].build("sdpa"))
+    family = {f.name: f for f in FAMILIES}
+    vision_only = get_towers(family["clip_vision_model"].build("sdpa"))
+    text_only = get_towers(family["clip_text_model"].build("sdpa"))
     assert vision_only.text is None and vision_only.vision is not None and vision_only.logit_scale is None
     assert text_only.vision is None and text_only.text is not None
     siglip = get_towers(FAMILIES[2].build("sdpa"))
