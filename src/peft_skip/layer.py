@@ -11,13 +11,24 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 
+# `nn.ParameterDict` keys may not contain dots, but the parameters of a wrapped module with submodules (e.g.
+# `attention.out_proj.weight`) do. Attribute-style parameter names hold no "-", so the mapping is one-to-one.
+def _delta_key(parameter_name: str) -> str:
+    return parameter_name.replace(".", "-")
+
+
+def _parameter_name(delta_key: str) -> str:
+    return delta_key.replace("-", ".")
+
+
 class SkipLayer(nn.Module, BaseTunerLayer):
-    """Wraps a module of a deep layer so that it computes with `W0 + dW` for every parameter `W0`.
+    """Wraps a module of a deep layer so that it computes with `W0 + dW` for every parameter `W0` it holds.
 
     The deltas are the trainable parameters, so the gradient of a delta equals the gradient full fine-tuning
     would give its parameter, while `W0` stays untouched for `disable_adapter`, `unmerge` and other adapters.
-    `nn.Linear` and `nn.LayerNorm` run through their functional form; any other module (e.g. the
-    `nn.MultiheadAttention` of an attention-pooling head) runs through `torch.func.functional_call`.
+    `nn.Linear` and `nn.LayerNorm` run through their functional form; any other module (e.g. an
+    `nn.MultiheadAttention`, or an attention-pooling head holding one) gets deltas for all its parameters,
+    its submodules' included, and runs through `torch.func.functional_call`.
 
     Args:
         base_layer (`nn.Module`): The module to wrap.
@@ -37,29 +48,28 @@ class SkipLayer(nn.Module, BaseTunerLayer):
 
     @staticmethod
     def delta_shapes(module: nn.Module) -> dict[str, torch.Size]:
-        """Name and shape of each delta `SkipLayer` holds for `module`."""
-        # ParameterDict keys may not contain dots; parameters of a module's own never do.
-        return {name: param.shape for name, param in module.named_parameters(recurse=False)}
+        """Key and shape of each delta a `SkipLayer` around `module` holds."""
+        return {_delta_key(name): param.shape for name, param in module.named_parameters()}
 
     def update_layer(self, adapter_name: str, init_weights: bool) -> None:
         """Adds zero (or small random) deltas for `adapter_name` and makes it the active adapter."""
-        base = dict(self.base_layer.named_parameters(recurse=False))
         deltas = nn.ParameterDict()
-        for name in self.delta_shapes(self.base_layer):
-            delta = torch.zeros_like(base[name])
+        for name, param in self.base_layer.named_parameters():
+            delta = torch.zeros_like(param)
             if not init_weights:
                 nn.init.normal_(delta, std=0.02)
-            deltas[name] = nn.Parameter(delta)
+            deltas[_delta_key(name)] = nn.Parameter(delta)
         self.skip_delta[adapter_name] = deltas
         self.set_adapter(adapter_name)
 
     def _effective_parameters(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The base parameters plus the deltas of every active adapter, in the dtype `x` is computed in."""
-        params = dict(self.base_layer.named_parameters(recurse=False))
+        params = dict(self.base_layer.named_parameters())
         for adapter in self.active_adapters:
             if adapter not in self.skip_delta:
                 continue
-            for name, delta in self.skip_delta[adapter].items():
+            for key, delta in self.skip_delta[adapter].items():
+                name = _parameter_name(key)
                 params[name] = params[name] + delta
         if torch.is_autocast_enabled(x.device.type):
             return params  # autocast picks the compute dtype per op
@@ -90,17 +100,18 @@ class SkipLayer(nn.Module, BaseTunerLayer):
             adapter_names (`list[str]`, *optional*): Adapters to merge.
         """
         adapter_names = check_adapters_to_merge(self, adapter_names)
-        base_params = dict(self.base_layer.named_parameters(recurse=False))
+        base_params = dict(self.base_layer.named_parameters())
         for adapter in adapter_names:
             if adapter not in self.skip_delta:
                 continue
-            for name, delta in self.skip_delta[adapter].items():
-                merged = base_params[name].data + delta.data.to(base_params[name].dtype)
+            for key, delta in self.skip_delta[adapter].items():
+                param = base_params[_parameter_name(key)]
+                merged = param.data + delta.data.to(param.dtype)
                 if safe_merge and not torch.isfinite(merged).all():
                     raise ValueError(
                         f"NaNs or infinities in the merged weights of adapter {adapter!r}; the adapter seems broken."
                     )
-                base_params[name].data = merged
+                param.data = merged
             self.merged_adapters.append(adapter)
 
     def unmerge(self) -> None:
@@ -108,11 +119,12 @@ class SkipLayer(nn.Module, BaseTunerLayer):
         if not self.merged:
             warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
-        base_params = dict(self.base_layer.named_parameters(recurse=False))
+        base_params = dict(self.base_layer.named_parameters())
         while self.merged_adapters:
             adapter = self.merged_adapters.pop()
-            for name, delta in self.skip_delta[adapter].items():
-                base_params[name].data -= delta.data.to(base_params[name].dtype)
+            for key, delta in self.skip_delta[adapter].items():
+                param = base_params[_parameter_name(key)]
+                param.data -= delta.data.to(param.dtype)
 
     def __repr__(self) -> str:
         return "skip." + super().__repr__()

@@ -67,10 +67,19 @@ class SkipModel(BaseTuner):
             check_deltas_fit(saved_shapes, expected)
 
     def _target_modules(self, model: nn.Module, config: SkipConfig) -> dict[str, nn.Module]:
-        """The modules that get deltas: those with parameters of their own in the deep layers and heads."""
+        """The modules that get deltas, by path.
+
+        Under a deep path, the outermost modules with parameters of their own get deltas for all their parameters,
+        their submodules' included; modules without are containers and are descended into. A module with parameters
+        and submodules is wrapped whole because its forward may read its submodules' parameters directly:
+        `nn.MultiheadAttention` passes `out_proj.weight` to `F.multi_head_attention_forward`, which would bypass a
+        wrapped `out_proj`. A module wrapped for an earlier adapter is a target too (it gets the new deltas).
+        """
         towers = get_towers(model)
         paths = []
         for tower in (towers.vision, towers.text):
+            if tower is None:
+                continue
             skip = config.tower_skip_layers(tower.name)
             if skip > tower.num_layers:
                 field = f"{tower.name}_skip_layers" if skip != config.skip_layers else "skip_layers"
@@ -83,10 +92,10 @@ class SkipModel(BaseTuner):
         for path in paths:
             for name, module in model.get_submodule(path).named_modules(prefix=path):
                 if any(name.startswith(wrapped + ".") for wrapped in targets):
-                    continue  # inside a module already wrapped by another adapter
+                    continue  # inside a module that is wrapped whole
                 if isinstance(module, BaseTunerLayer):
                     targets[name] = module.get_base_layer()
-                elif next(module.parameters(recurse=False), None) is not None:
+                elif _has_own_parameters(module):
                     targets[name] = module
         return targets
 
@@ -114,11 +123,23 @@ class SkipModel(BaseTuner):
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
 
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+        if isinstance(new_module, SkipLayer):
+            super()._replace_module(parent, child_name, new_module, child)
+            return
+        # Unloading puts the untouched base module back; peft's default would copy a `weight` onto it, which a
+        # wrapped non-leaf module (e.g. an attention-pooling head) does not have.
+        setattr(parent, child_name, new_module)
+
     @classmethod
     def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
         deltas = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
         dtype = getattr(torch, config.delta_dtype)
         return {key: value.to(dtype) for key, value in deltas.items()}
+
+
+def _has_own_parameters(module: nn.Module) -> bool:
+    return next(module.parameters(recurse=False), None) is not None
 
 
 def _add_peft_type(name: str) -> None:

@@ -4,6 +4,9 @@ A `Tower` is one encoder of a two-tower vision-language model, cut into the thre
 `embed` (everything before the first layer), `run_layers` (any slice [start, end) of the layer stack, with the
 attention mask the full forward would use) and `pool` (everything after the last layer, down to the projected,
 unnormalised feature). Running `embed`, then `run_layers(0, N)`, then `pool` equals the model's own forward.
+
+A family is one vision and one text `Tower` subclass registered in `_FAMILIES` under its `config.model_type`; see
+docs/supported_models.md for the families and how to add one.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from peft import PeftModel
 from torch import nn
-from transformers.masking_utils import create_causal_mask
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
 DOCS_ADDING_A_FAMILY = "docs/supported_models.md#adding-a-family"
 
@@ -21,8 +24,14 @@ DOCS_ADDING_A_FAMILY = "docs/supported_models.md#adding-a-family"
 class Tower:
     """One encoder of a two-tower model.
 
+    Subclasses set `layers_path` and `head_paths` and implement `embed` and `pool`; `_layer_mask` when the layers
+    take an attention mask.
+
     Args:
         model (`nn.Module`): The transformers model that holds the tower (e.g. a `CLIPModel`).
+
+    Raises:
+        TypeError: If the model lacks a module this tower needs (e.g. a vision model without projection).
     """
 
     name: str
@@ -32,6 +41,15 @@ class Tower:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
+        for path in (self.layers_path, *self.head_paths):
+            try:
+                model.get_submodule(path)
+            except AttributeError:
+                raise TypeError(
+                    f"{type(model).__name__} has no module {path!r}, which the {self.name} tower of Skip Tuning "
+                    f"needs ({type(self).__name__}). Use the model class with projection (e.g. "
+                    f"CLIPVisionModelWithProjection rather than CLIPVisionModel); see {DOCS_ADDING_A_FAMILY}."
+                ) from None
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -59,7 +77,8 @@ class Tower:
             hidden (`torch.Tensor`): Input of layer `start`, shape `(batch, tokens, hidden)`.
             start (`int`): First layer to run.
             end (`int`): One past the last layer to run.
-            attention_mask (`torch.Tensor`, *optional*): Padding mask of the inputs, shape `(batch, tokens)`.
+            attention_mask (`torch.Tensor`, *optional*): Padding mask of the inputs, shape `(batch, tokens)`, 1 for
+                tokens to attend to.
 
         Returns:
             `torch.Tensor`: Output of layer `end - 1`, shape `(batch, tokens, hidden)`.
@@ -73,9 +92,30 @@ class Tower:
         """The mask (and extra keyword arguments) the model's own forward passes to every layer."""
         return None, {}
 
-    def pool(self, hidden: torch.Tensor, input_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Projected features `(batch, projection_dim)`, not normalised, from the last layer's output."""
+    def pool(
+        self, hidden: torch.Tensor, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Projected features, not normalised, from the last layer's output.
+
+        Args:
+            hidden (`torch.Tensor`): Output of the last layer, shape `(batch, tokens, hidden)`.
+            input_ids (`torch.Tensor`, *optional*): Token ids `(batch, tokens)`; text towers that pool at the
+                end-of-text token need them.
+            attention_mask (`torch.Tensor`, *optional*): Padding mask `(batch, tokens)`; towers whose head attends
+                over the tokens need it when there is padding.
+
+        Returns:
+            `torch.Tensor`: Shape `(batch, projection_dim)`.
+        """
         raise NotImplementedError
+
+
+def _bidirectional_mask(config, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[object, dict]:
+    """The padding-only mask of the bidirectional encoders, built by the helper their forward uses."""
+    return create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=attention_mask), {}
+
+
+# CLIP, and every family with CLIP's vision layout: ChineseCLIP, AltCLIP, MetaCLIP 2.
 
 
 class CLIPVisionTower(Tower):
@@ -87,7 +127,9 @@ class CLIPVisionTower(Tower):
         vision = self.model.vision_model
         return vision.pre_layrnorm(vision.embeddings(pixel_values.to(vision.embeddings.patch_embedding.weight.dtype)))
 
-    def pool(self, hidden: torch.Tensor, input_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def pool(
+        self, hidden: torch.Tensor, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return self.model.visual_projection(self.model.vision_model.post_layernorm(hidden[:, 0]))
 
 
@@ -109,30 +151,158 @@ class CLIPTextTower(Tower):
         )
         return mask, {"is_causal": True}
 
-    def pool(self, hidden: torch.Tensor, input_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def pool(
+        self, hidden: torch.Tensor, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         text = self.model.text_model
         hidden = text.final_layer_norm(hidden)
-        if text.eos_token_id == 2:
-            # Legacy configs: the end-of-text token has the largest id.
-            eos = input_ids.to(torch.int).argmax(dim=-1)
-        else:
-            eos = (input_ids.to(torch.int) == text.eos_token_id).int().argmax(dim=-1)
-        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eos.to(hidden.device)]
+        eos = self._eos_positions(input_ids.to(device=hidden.device, dtype=torch.int))
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eos]
         return self.model.text_projection(pooled)
+
+    def _eos_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        eos_token_id = self.model.text_model.eos_token_id
+        if eos_token_id == 2:
+            # Legacy CLIP configs: the end-of-text token has the largest id.
+            return input_ids.argmax(dim=-1)
+        return (input_ids == eos_token_id).int().argmax(dim=-1)
+
+
+class MetaClip2TextTower(CLIPTextTower):
+    def _eos_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # Unlike CLIP, MetaCLIP 2 always pools at the first end-of-text token, even when its id is 2 (as it is in the
+        # released checkpoints).
+        return (input_ids == self.model.text_model.eos_token_id).int().argmax(dim=-1)
+
+
+# SigLIP and SigLIP 2: bidirectional text, last-token pooling, attention-pooling vision head.
+
+
+class SiglipVisionTower(Tower):
+    name = "vision"
+    layers_path = "vision_model.encoder.layers"
+    head_paths = ("vision_model.post_layernorm", "vision_model.head")
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        embeddings = self.model.vision_model.embeddings
+        return embeddings(pixel_values.to(embeddings.patch_embedding.weight.dtype))
+
+    def pool(
+        self, hidden: torch.Tensor, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        vision = self.model.vision_model
+        return vision.head(vision.post_layernorm(hidden))
+
+
+class SiglipTextTower(Tower):
+    name = "text"
+    layers_path = "text_model.encoder.layers"
+    head_paths = ("text_model.final_layer_norm", "text_model.head")
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.text_model.embeddings(input_ids=input_ids)
+
+    def _layer_mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[object, dict]:
+        return _bidirectional_mask(self.model.text_model.config, hidden, attention_mask)
+
+    def pool(
+        self, hidden: torch.Tensor, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        text = self.model.text_model
+        # SigLIP pools the last position, padding or not (its tokenizers pad to max_length).
+        return text.head(text.final_layer_norm(hidden[:, -1]))
+
+
+class Siglip2VisionTower(SiglipVisionTower):
+    """SigLIP 2 (NaFlex) vision tower: patchified inputs of varying resolution, padded to a common patch count.
+
+    `attention_mask` of `run_layers` and `pool` is the processor's `pixel_attention_mask` `(batch, patches)`.
+    """
+
+    def embed(self, pixel_values: torch.Tensor, spatial_shapes: torch.Tensor) -> torch.Tensor:
+        """Patch embeddings of `pixel_values` `(batch, patches, channels * patch_size**2)`, with position
+        embeddings resized to `spatial_shapes` `(batch, 2)`."""
+        return self.model.vision_model.embeddings(pixel_values, spatial_shapes)
+
+    def _layer_mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[object, dict]:
+        return _bidirectional_mask(self.model.vision_model.config, hidden, attention_mask)
+
+    def pool(
+        self, hidden: torch.Tensor, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        vision = self.model.vision_model
+        return vision.head(vision.post_layernorm(hidden), attention_mask)
+
+
+# ChineseCLIP (BERT text tower) and AltCLIP (XLM-R text tower): bidirectional text, first-token pooling.
+
+
+class ChineseCLIPTextTower(Tower):
+    name = "text"
+    layers_path = "text_model.encoder.layer"
+    head_paths = ("text_projection",)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.text_model.embeddings(input_ids=input_ids)
+
+    def _layer_mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[object, dict]:
+        return _bidirectional_mask(self.model.text_model.config, hidden, attention_mask)
+
+    def pool(
+        self, hidden: torch.Tensor, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        # `ChineseCLIPModel` projects the [CLS] state directly; the BERT pooler is not part of it.
+        return self.model.text_projection(hidden[:, 0])
+
+
+class AltCLIPTextTower(Tower):
+    name = "text"
+    layers_path = "text_model.roberta.encoder.layers"
+    head_paths = ("text_model.pre_LN", "text_model.transformation", "text_projection")
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # Position ids are derived from `input_ids` (padding positions keep the padding index), as in the model.
+        return self.model.text_model.roberta.embeddings(input_ids=input_ids)
+
+    def _layer_mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[object, dict]:
+        return _bidirectional_mask(self.model.text_model.roberta.config, hidden, attention_mask)
+
+    def pool(
+        self, hidden: torch.Tensor, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        text = self.model.text_model
+        return self.model.text_projection(text.transformation(text.pre_LN(hidden[:, 0])))
 
 
 @dataclass
 class Towers:
-    """Both towers of a model plus its learned temperature."""
+    """The towers of a model plus its learned temperature (and bias, for sigmoid-loss families).
 
-    vision: Tower
-    text: Tower
-    logit_scale: nn.Parameter
+    Args:
+        vision (`Tower`, *optional*): The image tower; `None` for a text-only model.
+        text (`Tower`, *optional*): The text tower; `None` for a vision-only model.
+        logit_scale (`nn.Parameter`, *optional*): Log of the logit scale; `None` for single-tower models.
+        logit_bias (`nn.Parameter`, *optional*): Bias added to the scaled logits (SigLIP families), else `None`.
+    """
+
+    vision: Tower | None
+    text: Tower | None
+    logit_scale: nn.Parameter | None
+    logit_bias: nn.Parameter | None = None
 
 
-_FAMILIES: dict[str, tuple[type[Tower], type[Tower]]] = {
+# config.model_type -> (vision tower, text tower); `None` where the model has no such tower.
+_FAMILIES: dict[str, tuple[type[Tower] | None, type[Tower] | None]] = {
     "clip": (CLIPVisionTower, CLIPTextTower),
-    "metaclip_2": (CLIPVisionTower, CLIPTextTower),
+    "clip_vision_model": (CLIPVisionTower, None),
+    "clip_text_model": (None, CLIPTextTower),
+    "metaclip_2": (CLIPVisionTower, MetaClip2TextTower),
+    "metaclip_2_vision_model": (CLIPVisionTower, None),
+    "metaclip_2_text_model": (None, MetaClip2TextTower),
+    "siglip": (SiglipVisionTower, SiglipTextTower),
+    "siglip2": (Siglip2VisionTower, SiglipTextTower),
+    "chinese_clip": (CLIPVisionTower, ChineseCLIPTextTower),
+    "altclip": (CLIPVisionTower, AltCLIPTextTower),
 }
 
 
@@ -140,7 +310,7 @@ def get_towers(model: nn.Module) -> Towers:
     """The towers of a supported model (plain or wrapped by peft).
 
     Raises:
-        TypeError: If the model's family is not supported.
+        TypeError: If the model's family is not supported, or the model lacks a module its towers need.
     """
     if isinstance(model, PeftModel):
         model = model.get_base_model()
@@ -151,4 +321,9 @@ def get_towers(model: nn.Module) -> Towers:
             f"model_types: {', '.join(sorted(_FAMILIES))}. See {DOCS_ADDING_A_FAMILY} to add a family."
         )
     vision_cls, text_cls = _FAMILIES[model_type]
-    return Towers(vision=vision_cls(model), text=text_cls(model), logit_scale=model.logit_scale)
+    return Towers(
+        vision=vision_cls(model) if vision_cls is not None else None,
+        text=text_cls(model) if text_cls is not None else None,
+        logit_scale=getattr(model, "logit_scale", None),
+        logit_bias=getattr(model, "logit_bias", None),
+    )
