@@ -199,6 +199,8 @@ def skip_tuning_loss(
     )
     text_features = F.normalize(text.pool(hidden, prompts.input_ids), dim=-1)
     logits = towers.logit_scale.exp() * image_features @ text_features.T
+    if towers.logit_bias is not None:  # SigLIP families
+        logits = logits + towers.logit_bias
     return StepOutput(F.cross_entropy(logits.float(), targets), logits, targets)
 
 
