@@ -10,6 +10,9 @@ from transformers import CLIPConfig, CLIPModel
 
 # Nothing can be downloaded here; never let a test wait on the hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests use tiny tensors, where several intra-op threads cost far more than they bring (also in subprocesses).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 VOCAB, BOS, EOS, PAD = 99, 97, 98, 0
 

@@ -48,15 +48,6 @@ VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=LAYERS, nu
 CLIP_VISION = dict(VISION, image_size=32, patch_size=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Ops on tiny tensors are ~1000x slower with several intra-op threads on a loaded machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _siglip2_images(num: int = 3, padded: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
     """NaFlex inputs: up to 16 patches of 4x4 pixels; with `padded`, some images have fewer (e.g. 2x4) patches."""
     shapes = [(4, 4), (2, 4), (4, 2), (3, 3)][:num] if padded else [(4, 4)] * num
