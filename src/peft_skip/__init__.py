@@ -13,6 +13,7 @@ from .classes import ClassSelector, keep_count, rank_keep_probabilities  # noqa:
 from .config import SkipConfig  # noqa: E402
 from .model import SkipModel  # noqa: E402
 from .towers import Tower, Towers, get_towers  # noqa: E402
+from .trainer import SkipTrainer, TrainingArguments, evaluate, skip_tuning_loss  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
@@ -20,12 +21,16 @@ __all__ = [
     "LayerCache",
     "SkipConfig",
     "SkipModel",
+    "SkipTrainer",
     "TextCache",
     "Tower",
     "Towers",
+    "TrainingArguments",
     "build_text_cache",
     "drop_tokens",
+    "evaluate",
     "get_towers",
     "keep_count",
     "rank_keep_probabilities",
+    "skip_tuning_loss",
 ]
