@@ -4,18 +4,9 @@ from __future__ import annotations
 
 from huggingface_hub import ModelCard
 
-SECTION = "## Skip Tuning adapter"
+from .config import METHOD_FIELDS
 
-_CONFIG_KEYS = (
-    "skip_layers",
-    "vision_skip_layers",
-    "text_skip_layers",
-    "class_ratio",
-    "max_classes",
-    "class_decay",
-    "token_drop",
-    "delta_dtype",
-)
+SECTION = "## Skip Tuning adapter"
 
 
 def add_skip_section(card_path: str, config: dict) -> None:
@@ -33,7 +24,7 @@ def add_skip_section(card_path: str, config: dict) -> None:
         card.save(card_path)
         return
     base = base or "<base model name or directory>"
-    settings = "\n".join(f"| `{key}` | `{config.get(key)}` |" for key in _CONFIG_KEYS)
+    settings = "\n".join(f"| `{key}` | `{config.get(key)}` |" for key in METHOD_FIELDS)
     section = f"""
 {SECTION}
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import SkipConfig
+from .config import METHOD_FIELDS, SkipConfig
 from .data import (
     DIGITS_CLASSES,
     FASHION_MNIST_CLASSES,
@@ -192,18 +192,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "template": template,
                 "num_processes": accelerator.num_processes,
                 "training_arguments": {k: v for k, v in vars(training).items() if k != "progress"},
-                "skip_config": {
-                    k: getattr(config, k)
-                    for k in (
-                        "skip_layers",
-                        "vision_skip_layers",
-                        "text_skip_layers",
-                        "class_ratio",
-                        "max_classes",
-                        "class_decay",
-                        "token_drop",
-                    )
-                },
+                "skip_config": {k: getattr(config, k) for k in METHOD_FIELDS},
                 "zero_shot": zero_shot,
                 "tuned": tuned,
                 "cache_bytes_per_process": result.cache_bytes,

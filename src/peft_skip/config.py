@@ -13,6 +13,17 @@ from peft.utils import PeftType
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, check_saved_config, read_tensor_shapes
 
 DELTA_DTYPES = ("float32", "float16", "bfloat16")
+# The fields that describe the method (as opposed to peft bookkeeping); shown in model cards and run metrics.
+METHOD_FIELDS = (
+    "skip_layers",
+    "vision_skip_layers",
+    "text_skip_layers",
+    "class_ratio",
+    "max_classes",
+    "class_decay",
+    "token_drop",
+    "delta_dtype",
+)
 
 
 def _is_number(value: object) -> bool:
