@@ -1,0 +1,30 @@
+"""Trains a tiny model; run by `test_trainer.py` under `accelerate launch` with 2 CPU processes and in-process."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+from test_trainer import TensorImages, deltas, jitter, prompts, skip_model
+
+from peft_skip.trainer import SkipTrainer, TrainingArguments
+
+
+def run(output_dir: str) -> dict[str, torch.Tensor]:
+    """Two epochs, global batch 4, cache views; returns the deltas (saved by the main process to deltas.pt)."""
+    model = skip_model()
+    args = TrainingArguments(output_dir=output_dir, epochs=2, lr=0.05, cache_mode="views", views=2, progress=False)
+    trainer = SkipTrainer(model, args, TensorImages(per_class=5), prompts(), jitter)
+    trainer.train()
+    result = deltas(model)
+    if trainer.accelerator.is_main_process:
+        torch.save(
+            {"num_processes": trainer.accelerator.num_processes, "deltas": result},
+            os.path.join(output_dir, "deltas.pt"),
+        )
+    return result
+
+
+if __name__ == "__main__":
+    run(sys.argv[1])
