@@ -132,7 +132,7 @@ def test_select_rejects_bad_input():
 
 
 def test_kept_rank_frequencies_match_probabilities():
-    num_classes, num_top, seeds = 16, 4, 4000
+    num_classes, num_top, seeds = 16, 4, 1000
     order = torch.randperm(num_classes, generator=torch.Generator().manual_seed(1)).tolist()
     batch = ranked_batch(num_classes, order, [order[0]])
     rank_of = {c: r for r, c in enumerate(order)}
@@ -144,8 +144,8 @@ def test_kept_rank_frequencies_match_probabilities():
             counts[rank_of[c]] += 1
     frequencies = counts / seeds
     expected = torch.cat([torch.ones(num_top), rank_keep_probabilities(num_classes - num_top, 0.3).float()])
-    # 4000 Bernoulli draws: standard error at most 0.008.
-    torch.testing.assert_close(frequencies, expected, atol=0.035, rtol=0)
+    # 1000 Bernoulli draws (fixed seeds): standard error at most 0.016.
+    torch.testing.assert_close(frequencies, expected, atol=0.06, rtol=0)
 
 
 @settings(max_examples=60, deadline=None)

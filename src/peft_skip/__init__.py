@@ -8,9 +8,24 @@ from .model import register
 
 register()
 
+from .cache import LayerCache, TextCache, build_text_cache, drop_tokens  # noqa: E402
+from .classes import ClassSelector, keep_count, rank_keep_probabilities  # noqa: E402
 from .config import SkipConfig  # noqa: E402
 from .model import SkipModel  # noqa: E402
 from .towers import Tower, Towers, get_towers  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["SkipConfig", "SkipModel", "Tower", "Towers", "get_towers"]
+__all__ = [
+    "ClassSelector",
+    "LayerCache",
+    "SkipConfig",
+    "SkipModel",
+    "TextCache",
+    "Tower",
+    "Towers",
+    "build_text_cache",
+    "drop_tokens",
+    "get_towers",
+    "keep_count",
+    "rank_keep_probabilities",
+]

@@ -1,0 +1,371 @@
+"""LSkip: the hidden states at layer ω of both towers, computed once without gradients.
+
+The shallow layers are frozen, so their outputs only change when the inputs do: the text prompts never change
+(`TextCache`, built once), the images change with the augmentation (`LayerCache`, either rebuilt every epoch with
+`views=1` as the paper does, or built once with several augmented views that training then picks from).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .fingerprint import fingerprint as weights_fingerprint
+from .fingerprint import fingerprint_mismatch
+from .towers import Tower
+
+logger = logging.getLogger(__name__)
+
+_STATES_FILE = "states.npy"
+_META_FILE = "meta.json"
+_COMPLETE_FILE = "complete"
+# numpy has no bfloat16: such states are stored as their raw 16-bit patterns.
+_NUMPY_STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16}
+
+
+def _check_skip_layers(tower: Tower, skip_layers: int) -> None:
+    if not 0 <= skip_layers <= tower.num_layers:
+        raise ValueError(
+            f"skip_layers must lie in [0, {tower.num_layers}] for the {tower.name} tower "
+            f"({tower.num_layers} layers), got {skip_layers}."
+        )
+
+
+def _device_of(tower: Tower) -> torch.device:
+    return next(tower.model.parameters()).device
+
+
+def human_bytes(num_bytes: int) -> str:
+    """`num_bytes` as a short human readable string, e.g. `"1.5 GB"`."""
+    if num_bytes < 1024:
+        return f"{num_bytes} B"
+    size, unit = num_bytes / 1024, "KB"
+    for bigger in ("MB", "GB", "TB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{size:.1f} {unit}"
+
+
+@dataclass
+class TextCache:
+    """Text states at layer ω for all class prompts.
+
+    Attributes:
+        hidden (`torch.Tensor`): Input of text layer ω, shape `(C, L, D_t)`.
+        input_ids (`torch.Tensor`): Token ids (for pooling), shape `(C, L)`.
+        attention_mask (`torch.Tensor`): Padding mask (for the deep layers' mask), shape `(C, L)`.
+    """
+
+    hidden: torch.Tensor
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.hidden.shape[0]
+
+    def subset(self, classes: torch.Tensor) -> TextCache:
+        """The cache of some classes only.
+
+        Args:
+            classes (`torch.Tensor`): Class indices, shape `(K',)`.
+        """
+        classes = classes.to(self.hidden.device)
+        return TextCache(self.hidden[classes], self.input_ids[classes], self.attention_mask[classes])
+
+    def to(self, device: torch.device | str) -> TextCache:
+        return TextCache(self.hidden.to(device), self.input_ids.to(device), self.attention_mask.to(device))
+
+
+@torch.no_grad()
+def build_text_cache(
+    tower: Tower,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    skip_layers: int,
+    dtype: torch.dtype | None = None,
+) -> TextCache:
+    """Runs the text tower's embeddings and layers `[0, skip_layers)` on all prompts.
+
+    The token dimension is trimmed to the longest prompt: the text tower is causal and pools at the end-of-text token,
+    so the padding after the longest prompt never changes a pooled feature.
+
+    Args:
+        tower (`Tower`): The text tower.
+        input_ids (`torch.Tensor`): Token ids of the prompts, shape `(C, L)`.
+        attention_mask (`torch.Tensor`): Padding mask, 1 for real tokens, shape `(C, L)`.
+        skip_layers (`int`): ω, the number of frozen shallow layers.
+        dtype (`torch.dtype`, *optional*): Storage dtype of the states; the tower's dtype by default.
+    """
+    _check_skip_layers(tower, skip_layers)
+    if input_ids.shape != attention_mask.shape or input_ids.ndim != 2:
+        raise ValueError(
+            f"input_ids and attention_mask must both have shape (C, L), got {tuple(input_ids.shape)} and "
+            f"{tuple(attention_mask.shape)}."
+        )
+    real = attention_mask.bool().any(dim=0)
+    if not real.any():
+        raise ValueError("attention_mask has no real token (all zeros): every prompt is empty.")
+    length = int(torch.nonzero(real).max()) + 1
+    device = _device_of(tower)
+    input_ids = input_ids[:, :length].to(device)
+    attention_mask = attention_mask[:, :length].to(device)
+    hidden = tower.run_layers(tower.embed(input_ids=input_ids), 0, skip_layers, attention_mask=attention_mask)
+    return TextCache(hidden.to(dtype or hidden.dtype), input_ids, attention_mask)
+
+
+def _indices_digest(indices: torch.Tensor) -> str:
+    return hashlib.sha256(indices.numpy().astype(np.int64).tobytes()).hexdigest()[:16]
+
+
+class LayerCache:
+    """Image states at layer ω: `V` augmented views of `n` images, `(T, D_v)` each.
+
+    Build it with [`LayerCache.build`]. The states live in memory, or in a memory-mapped `.npy` file when a
+    `cache_dir` is given, so a data set larger than RAM only costs the batches read from it.
+
+    Attributes:
+        indices (`torch.Tensor`): The (global) image indices held, ascending, shape `(n,)`.
+        views (`int`): Number of augmented views of each image.
+        dtype (`torch.dtype`): Storage dtype.
+        fingerprint (`dict`): What the states were computed from (see [`LayerCache.build`]).
+        path (`Path` or `None`): Directory of the files on disk, `None` in memory.
+    """
+
+    def __init__(
+        self,
+        states: torch.Tensor | np.ndarray,
+        indices: torch.Tensor,
+        num_images: int,
+        dtype: torch.dtype,
+        fingerprint: dict,
+        path: Path | None = None,
+    ) -> None:
+        self._states = states  # (V, n, T, D): a tensor, or a numpy memmap of the same layout
+        self.indices = indices
+        self.views = states.shape[0]
+        self.dtype = dtype
+        self.fingerprint = fingerprint
+        self.path = path
+        self._row_of = torch.full((num_images,), -1, dtype=torch.long)
+        self._row_of[indices] = torch.arange(len(indices))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """`(views, images, tokens, hidden)`."""
+        return tuple(self._states.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * torch.finfo(self.dtype).bits // 8
+
+    def get(self, indices: torch.Tensor, view: int | torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """States of some images, on the storage device (CPU for a cache on disk).
+
+        Args:
+            indices (`torch.Tensor`): Global image indices, shape `(B,)`; each must be held by this cache.
+            view (`int` or `torch.Tensor`): The view of all images, or of each image (shape `(B,)`).
+            dtype (`torch.dtype`): Compute dtype of the result.
+
+        Returns:
+            `torch.Tensor`: Input of layer ω, shape `(B, T, D_v)`.
+        """
+        indices = torch.as_tensor(indices, dtype=torch.long).cpu()
+        if indices.numel() and (indices.min() < 0 or indices.max() >= len(self._row_of)):
+            raise IndexError(f"image indices must lie in [0, {len(self._row_of)}), got {indices.tolist()}.")
+        rows = self._row_of[indices]
+        if (rows < 0).any():
+            raise IndexError(
+                f"images {indices[rows < 0].tolist()} are not in this cache (it holds a shard of "
+                f"{len(self)} images): read each process's images from the cache it built."
+            )
+        views = torch.as_tensor(view, dtype=torch.long).cpu().expand(len(rows))
+        if views.numel() and (views.min() < 0 or views.max() >= self.views):
+            raise IndexError(f"view must lie in [0, {self.views}), got {views.tolist()}.")
+        if isinstance(self._states, torch.Tensor):
+            states = self._states[views.to(self._states.device), rows.to(self._states.device)]
+        else:
+            states = torch.from_numpy(self._states[views.numpy(), rows.numpy()])
+            if self.dtype == torch.bfloat16:
+                states = states.view(torch.bfloat16)
+        return states.to(dtype)
+
+    @classmethod
+    @torch.no_grad()
+    def build(
+        cls,
+        tower: Tower,
+        images: Callable[[int, torch.Tensor], torch.Tensor],
+        num_images: int,
+        skip_layers: int,
+        views: int = 1,
+        dtype: torch.dtype = torch.float32,
+        cache_dir: str | Path | None = None,
+        fingerprint: dict | None = None,
+        batch_size: int = 32,
+        indices: Sequence[int] | torch.Tensor | None = None,
+    ) -> LayerCache:
+        """Runs the vision tower's embeddings and layers `[0, skip_layers)` on every view of every image.
+
+        With a `cache_dir`, a complete cache built there from the same inputs is opened instead of recomputed.
+        Anything else found there (another fingerprint, or a build that was interrupted: the completeness marker is
+        written last) is rebuilt, and the log says why.
+
+        Sharding (e.g. under `accelerate launch`): each process passes its own `indices`, for example
+        `range(process_index, num_images, num_processes)`, and gets a cache of those images only; [`get`] still takes
+        global indices. On disk each shard has its own sub-directory of `cache_dir`, so processes never share a file.
+
+        Args:
+            tower (`Tower`): The vision tower.
+            images (`Callable[[int, torch.Tensor], torch.Tensor]`): `images(view, index_batch)` returns the pixel
+                values `(b, 3, H, W)` of the images `index_batch` (global indices, shape `(b,)`) with the
+                augmentation of view `view` (view 0 may be un-augmented).
+            num_images (`int`): Number of images in the data set.
+            skip_layers (`int`): ω, the number of frozen shallow layers.
+            views (`int`): Number of augmented views of each image.
+            dtype (`torch.dtype`): Storage dtype: `torch.float32`, `torch.float16` or `torch.bfloat16`.
+            cache_dir (`str` or `Path`, *optional*): Directory of a memory-mapped cache; in memory if not given.
+            fingerprint (`dict`, *optional*): JSON-serialisable description of the images: the data set, the
+                augmentation of every view, and its seed if the views are to differ between builds (e.g. the epoch
+                when rebuilding every epoch). The base weights, `skip_layers`, `views`, `dtype` and the indices are
+                added here.
+            batch_size (`int`): Images per forward pass.
+            indices (`Sequence[int]` or `torch.Tensor`, *optional*): Build only these images (a shard).
+        """
+        _check_skip_layers(tower, skip_layers)
+        if dtype not in _NUMPY_STORAGE:
+            raise ValueError(f"dtype must be one of {list(_NUMPY_STORAGE)}, got {dtype}.")
+        if views < 1 or batch_size < 1 or num_images < 1:
+            raise ValueError(
+                f"views, batch_size and num_images must be at least 1, got {views}, {batch_size}, {num_images}."
+            )
+        indices = torch.arange(num_images) if indices is None else torch.as_tensor(indices, dtype=torch.long)
+        indices = torch.unique(indices.cpu())  # sorted: reads from a memory map stay close to sequential
+        if indices.numel() == 0 or indices[0] < 0 or indices[-1] >= num_images:
+            raise ValueError(f"indices must be non-empty and lie in [0, {num_images}).")
+        model_dtype = next(tower.model.parameters()).dtype
+        key = {
+            "weights": weights_fingerprint(tower.model),
+            "tower": tower.name,
+            "model_dtype": str(model_dtype),
+            "skip_layers": skip_layers,
+            "views": views,
+            "dtype": str(dtype),
+            "num_images": num_images,
+            "indices": _indices_digest(indices),
+            "data": fingerprint or {},
+        }
+        key = json.loads(json.dumps(key))  # compare as stored: tuples become lists
+
+        path = None
+        if cache_dir is not None:
+            shard = "all" if len(indices) == num_images else f"shard-{key['indices']}"
+            path = Path(cache_dir) / shard
+            reason = _reuse_problem(path, key)
+            if reason is None:
+                states = np.load(path / _STATES_FILE, mmap_mode="r")
+                logger.info(f"Reusing the layer cache at {path} ({human_bytes(states.nbytes)}).")
+                return cls(states, indices, num_images, dtype, key, path)
+            logger.info(f"Building the layer cache at {path}: {reason}.")
+            # The marker goes first so that a build interrupted from now on is never taken for a complete one.
+            (path / _COMPLETE_FILE).unlink(missing_ok=True)
+            if path.exists():
+                shutil.rmtree(path)
+            path.mkdir(parents=True)
+            (path / _META_FILE).write_text(json.dumps(key, indent=1))
+
+        device = _device_of(tower)
+        batches = indices.split(batch_size)
+        states = None
+        progress = tqdm(total=views * len(batches), desc=f"Layer cache ({tower.name} layers [0, {skip_layers}))")
+        for view in range(views):
+            start = 0
+            for batch in batches:
+                pixel_values = images(view, batch).to(device)
+                hidden = tower.run_layers(tower.embed(pixel_values=pixel_values), 0, skip_layers).to(dtype).cpu()
+                if states is None:
+                    states = _allocate(path, (views, len(indices), *hidden.shape[1:]), dtype)
+                    nbytes = math.prod(states.shape) * hidden.element_size()
+                    where = f"on disk at {path}" if path else "in memory"
+                    logger.info(
+                        f"Layer cache: {views} view(s) x {len(indices)} images x {hidden.shape[1]} tokens x "
+                        f"{hidden.shape[2]} ({dtype}) = {human_bytes(nbytes)} {where}."
+                    )
+                _write(states, view, slice(start, start + len(batch)), hidden, dtype)
+                start += len(batch)
+                progress.update()
+        progress.close()
+        if path is not None:
+            states.flush()
+            (path / _COMPLETE_FILE).write_text("complete\n")
+            states = np.load(path / _STATES_FILE, mmap_mode="r")
+        return cls(states, indices, num_images, dtype, key, path)
+
+
+def _reuse_problem(path: Path, key: dict) -> str | None:
+    """Why the cache at `path` cannot serve `key`, or `None` if it can."""
+    if not path.exists():
+        return "no cache there yet"
+    if not (path / _COMPLETE_FILE).exists() or not (path / _META_FILE).exists():
+        return "the cache there is incomplete (an interrupted build)"
+    stored = json.loads((path / _META_FILE).read_text())
+    weights = fingerprint_mismatch(stored.get("weights", {"structure": None}), key["weights"])
+    if weights is not None:
+        return f"it was built from other base weights ({weights})"
+    differing = sorted(name for name in key if name != "weights" and stored.get(name) != key[name])
+    if differing:
+        return f"it was built for another {', '.join(differing)}"
+    return None
+
+
+def _allocate(path: Path | None, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | np.ndarray:
+    if path is None:
+        return torch.empty(shape, dtype=dtype)
+    return np.lib.format.open_memmap(path / _STATES_FILE, mode="w+", dtype=_NUMPY_STORAGE[dtype], shape=shape)
+
+
+def _write(
+    states: torch.Tensor | np.ndarray, view: int, rows: slice, hidden: torch.Tensor, dtype: torch.dtype
+) -> None:
+    if isinstance(states, torch.Tensor):
+        states[view, rows] = hidden
+    else:
+        states[view, rows] = (hidden.view(torch.int16) if dtype == torch.bfloat16 else hidden).numpy()
+
+
+def drop_tokens(hidden: torch.Tensor, max_ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Drops a random fraction `r ~ U(0, max_ratio)` of the image tokens, keeping the class token.
+
+    Every image of the batch keeps the same number of tokens (its own random subset, in the original order).
+
+    Args:
+        hidden (`torch.Tensor`): Image states, class token first, shape `(B, T, D)`.
+        max_ratio (`float`): Largest fraction of the `T - 1` non-class tokens to drop, in `[0, 1)`; 0 drops none.
+        generator (`torch.Generator`, *optional*): Source of randomness (on the CPU).
+
+    Returns:
+        `torch.Tensor`: Shape `(B, 1 + kept, D)`.
+    """
+    if not 0 <= max_ratio < 1:
+        raise ValueError(f"max_ratio must lie in [0, 1), got {max_ratio}.")
+    if max_ratio == 0:
+        return hidden
+    batch, tokens, _ = hidden.shape
+    ratio = float(torch.rand((), generator=generator)) * max_ratio
+    kept = tokens - 1 - int(ratio * (tokens - 1))
+    order = torch.rand(batch, tokens - 1, generator=generator).argsort(dim=1)[:, :kept].sort(dim=1).values + 1
+    order = torch.cat([torch.zeros(batch, 1, dtype=torch.long), order], dim=1).to(hidden.device)
+    return hidden.gather(1, order.unsqueeze(-1).expand(-1, -1, hidden.shape[2]))
