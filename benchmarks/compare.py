@@ -85,6 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads per method process (default: torch's)."
     )
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=("wall", "cpu"),
+        help="wall: elapsed time; cpu: the method process's CPU time (with --threads 1, robust to other jobs).",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmark-results", help="Output directory.")
     args = parser.parse_args(argv)
@@ -191,6 +197,7 @@ def run_method(method: str, args: argparse.Namespace, facts: dict, work_dir: str
         "workload": facts["workload"],
         "device": args.device,
         "threads": args.threads,
+        "clock": args.clock,
         "seed": args.seed,
         "lr": args.lr,
         "skip_layers": args.skip_layers,
@@ -269,7 +276,8 @@ def markdown(results: list[dict], facts: dict, command: str) -> str:
     notes = [
         f"device: {results[0]['device']}; model: {facts['model_name']} with random weights; "
         f"{facts['train_images']} training images, {facts['full_steps_per_epoch']} steps per epoch",
-        f"timed: {results[0]['timed_steps_per_epoch']} steps per epoch, epoch time = median step time x steps per "
+        f"timed ({results[0]['clock']} clock): {results[0]['timed_steps_per_epoch']} steps per epoch, epoch time"
+        " = median step time x steps per "
         "epoch over the epochs after the first; the caches are built for the timed images and their time scaled to "
         "the whole training set",
         f"text prompts padded to {facts['text_tokens']} tokens; accuracy on {facts['test_images']} Fashion-MNIST "
