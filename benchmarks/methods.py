@@ -73,16 +73,17 @@ class Method:
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
-    def build_cache(self, clock: Callable[[], float]) -> float:
+    def build_cache(self, clock: Callable[[], float]) -> float | None:
         """Work done once before training (caches, prototypes), timed as `cache_seconds`.
 
         Args:
             clock (`Callable[[], float]`): The clock the run is timed with.
 
         Returns:
-            `float`: Seconds of it spent on the image cache, which `run` scales from the timed to all images.
+            `float` or `None`: Seconds of it spent on the image cache, which `run` scales from the timed to all
+            images; `None` if the method has nothing to build.
         """
-        return 0.0
+        return None
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalised image features `(B, d)` of pixels `(B, 3, S, S)`."""
@@ -193,7 +194,7 @@ class SkipVariant(Method):
             num_classes, config.class_ratio, config.max_classes, config.class_decay, generator=generator
         )
 
-    def build_cache(self, clock: Callable[[], float]) -> float:
+    def build_cache(self, clock: Callable[[], float]) -> float | None:
         from peft_skip.cache import LayerCache, build_text_cache
 
         # The step validates them even when every class is kept, as the trainer does.
@@ -303,7 +304,7 @@ def run(spec: dict) -> dict:
     start = clock()
     image_cache_seconds = method.build_cache(clock)
     sync()
-    setup_seconds = clock() - start - image_cache_seconds
+    setup_seconds = clock() - start - (image_cache_seconds or 0.0)
 
     wall_seconds, cpu_seconds, losses = [], [], []
     for batches in workload["batches"]:
@@ -338,7 +339,9 @@ def run(spec: dict) -> dict:
         "timed_steps_per_epoch": steps,
         "full_steps_per_epoch": full_steps,
         # The image cache is built for the timed images only: its time is scaled to the whole training set.
-        "cache_seconds": setup_seconds + image_cache_seconds * workload["num_train_images"] / cached_images,
+        "cache_seconds": 0.0
+        if image_cache_seconds is None
+        else setup_seconds + image_cache_seconds * workload["num_train_images"] / cached_images,
         "images_per_second": workload["batch_size"] / step_seconds,
         "peak_memory_mb": peak_mb,
         "baseline_memory_mb": baseline_mb,
