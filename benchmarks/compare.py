@@ -1,0 +1,354 @@
+"""Skip Tuning against full fine-tuning, LoRA and CoOp: time, memory, checkpoint size and accuracy.
+
+Every method trains the same model on the same batches of the same few-shot data with SGD (momentum 0.9), each in
+its own process so that its peak memory is its own. Writes `results.json`, `results.md` and `figure.png` to `--out`.
+
+Models are built from the ViT-B/32 or ViT-B/16 CLIP shapes with random weights (or loaded from a name / directory),
+images are Fashion-MNIST; accuracies of random-weight models measure nothing but the plumbing.
+
+    python benchmarks/compare.py --arch vit-b-16 --classes 100 --shots 16 --steps-per-epoch 2 --epochs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# Run from a checkout: this directory's helpers and the checkout's peft_skip come first.
+sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "src")]
+
+from cost import cache_flops, step_flops, tower_shapes  # noqa: E402
+from methods import METHODS  # noqa: E402
+
+OFFLINE_ARCHS = ("vit-b-32", "vit-b-16", "tiny")
+LABELS = {
+    "method": "method",
+    "epoch_seconds": "epoch (s)",
+    "cache_seconds": "cache (s)",
+    "images_per_second": "images/s",
+    "peak_memory_mb": "peak memory (MB)",
+    "trainable_params": "trainable params",
+    "checkpoint_bytes": "checkpoint (MB)",
+    "kept_classes": "classes/step",
+    "accuracy": "accuracy (random weights)",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--arch",
+        default="vit-b-16",
+        help="vit-b-32 / vit-b-16 (CLIP shapes with random weights), tiny (tests), or a model name or directory.",
+    )
+    parser.add_argument(
+        "--classes",
+        type=int,
+        default=100,
+        help="Number of classes; beyond Fashion-MNIST's 10, class names are synthesised and images reused.",
+    )
+    parser.add_argument("--shots", type=int, default=16, help="Training images per class.")
+    parser.add_argument("--epochs", type=int, default=3, help="Epochs; the first is a warm-up, the rest are timed.")
+    parser.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        default=None,
+        help="Time only this many steps per epoch and extrapolate to the full epoch (default: the full epoch).",
+    )
+    parser.add_argument("--methods", default="ft,lora,coop,skip", help=f"Comma-separated, from {','.join(METHODS)}.")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument(
+        "--skip-layers", type=int, default=6, help="ω: frozen shallow layers of Skip Tuning and ablations."
+    )
+    parser.add_argument(
+        "--class-ratio", type=float, default=0.5, help="CSkip: classes always kept (fraction or count)."
+    )
+    parser.add_argument("--max-classes", type=int, default=50, help="CSkip: upper bound on the classes always kept.")
+    parser.add_argument("--class-decay", type=float, default=0.3, help="CSkip: λ of the rank keep probability.")
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--cache-dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    parser.add_argument(
+        "--test-images", type=int, default=100, help="Fashion-MNIST test images for accuracy (0: none)."
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads per method process (default: torch's)."
+    )
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=("wall", "cpu"),
+        help="wall: elapsed time; cpu: the method process's CPU time (with --threads 1, robust to other jobs).",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="benchmark-results", help="Output directory.")
+    args = parser.parse_args(argv)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {','.join(METHODS)}.")
+    for name in ("classes", "shots", "epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1.")
+    if args.steps_per_epoch is not None and args.steps_per_epoch < 1:
+        parser.error("--steps-per-epoch must be at least 1.")
+    return args
+
+
+def training_set(num_classes: int, shots: int, seed: int):
+    """`shots` Fashion-MNIST images per class; classes beyond the 10 real ones get synthesised names and reuse the
+    images of real class `c % 10`. Returns the set and whether classes were synthesised."""
+    from peft_skip.data import ImageDataset, load_fashion_mnist, sample_few_shot, subset_classes
+
+    train = load_fashion_mnist("train")
+    real = len(train.class_names)
+    if num_classes <= real:
+        return sample_few_shot(subset_classes(train, range(num_classes)), shots, seed), False
+    by_class = [[i for i, label in enumerate(train.labels) if label == c] for c in range(real)]
+    rng = random.Random(seed)
+    names, items, labels = [], [], []
+    for c in range(num_classes):
+        base = train.class_names[c % real]
+        names.append(base if c < real else f"{base} {c // real}")
+        for index in rng.sample(by_class[c % real], shots):
+            items.append(train.items[index])
+            labels.append(c)
+    return ImageDataset(names, items, labels, train.source), True
+
+
+def prepare(args: argparse.Namespace, work_dir: str) -> dict:
+    """Writes the model (for offline shapes) and the workload every method process reads; returns their facts."""
+    from transformers import AutoProcessor, CLIPConfig
+
+    from peft_skip.data import ImageTransform, build_prompts, load_fashion_mnist, make_offline_model
+    from peft_skip.trainer import class_batches
+
+    train, synthetic = training_set(args.classes, args.shots, args.seed)
+    model_dir = args.arch
+    if args.arch in OFFLINE_ARCHS:
+        model_dir = make_offline_model(os.path.join(work_dir, "model"), args.arch, train.class_names, seed=args.seed)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    transform = ImageTransform.from_processor(processor, train=False)
+
+    def tokenize(template: str) -> dict[str, torch.Tensor]:
+        tokens = processor.tokenizer(build_prompts(train.class_names, template), padding=True, return_tensors="pt")
+        return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+
+    labels = torch.tensor(train.labels)
+    per_class = int(torch.bincount(labels).min()) >= 4  # the reference's single-class batches from 4 shots on
+    epochs = []
+    for epoch in range(args.epochs):
+        batches = class_batches(labels, args.batch_size, per_class, torch.Generator().manual_seed(args.seed + epoch))
+        full_steps = len(batches)
+        epochs.append(batches[: args.steps_per_epoch])
+    used = sorted({int(i) for batches in epochs for batch in batches for i in batch})
+    position = {index: p for p, index in enumerate(used)}
+
+    test = load_fashion_mnist("test")
+    candidates = [i for i, label in enumerate(test.labels) if label < args.classes]
+    chosen = sorted(random.Random(args.seed).sample(candidates, min(args.test_images, len(candidates))))
+
+    def pixels(dataset, indices) -> torch.Tensor:
+        return torch.stack([transform(dataset.image(i)) for i in indices]) if indices else torch.zeros(0, 3, 1, 1)
+
+    workload = {
+        "prompts": tokenize("a photo of a {}."),
+        "name_prompts": tokenize("{}."),
+        "train_pixels": pixels(train, used),
+        "train_labels": labels[used],
+        "batches": [[torch.tensor([position[int(i)] for i in batch]) for batch in batches] for batches in epochs],
+        "full_steps_per_epoch": full_steps,
+        "num_train_images": len(train),
+        "batch_size": args.batch_size,
+        "test_pixels": pixels(test, chosen),
+        "test_labels": torch.tensor([test.labels[i] for i in chosen], dtype=torch.long),
+    }
+    path = os.path.join(work_dir, "workload.pt")
+    torch.save(workload, path)
+    return {
+        "model": model_dir,
+        "workload": path,
+        "config": CLIPConfig.from_pretrained(model_dir),
+        "text_tokens": workload["prompts"]["input_ids"].shape[1],
+        "synthetic_classes": synthetic,
+        "train_images": len(train),
+        "timed_images": len(used),
+        "test_images": len(chosen),
+        "full_steps_per_epoch": full_steps,
+    }
+
+
+def run_method(method: str, args: argparse.Namespace, facts: dict, work_dir: str) -> dict:
+    """Runs one method in a fresh Python process and returns its measurements."""
+    spec = {
+        "method": method,
+        "model": facts["model"],
+        "workload": facts["workload"],
+        "device": args.device,
+        "threads": args.threads,
+        "clock": args.clock,
+        "seed": args.seed,
+        "lr": args.lr,
+        "skip_layers": args.skip_layers,
+        "class_ratio": args.class_ratio,
+        "max_classes": args.max_classes,
+        "class_decay": args.class_decay,
+        "cache_dtype": args.cache_dtype,
+        "checkpoint_dir": os.path.join(work_dir, f"checkpoint-{method}"),
+    }
+    spec_path = os.path.join(work_dir, f"spec-{method}.json")
+    result_path = os.path.join(work_dir, f"result-{method}.json")
+    with open(spec_path, "w") as f:
+        json.dump(spec, f)
+    script = os.path.join(HERE, "methods.py")
+    subprocess.run([sys.executable, script, spec_path, result_path], check=True)
+    with open(result_path) as f:
+        return json.load(f)
+
+
+def add_cost_model(results: list[dict], args: argparse.Namespace, facts: dict) -> None:
+    """Adds each method's predicted FLOPs per step and its predicted and measured time relative to `ft`."""
+    vision, text = tower_shapes(facts["config"], facts["text_tokens"])
+    for result in results:
+        result["predicted_step_gflops"] = (
+            step_flops(
+                result["method"], vision, text, args.batch_size, args.classes, result["kept_classes"], args.skip_layers
+            )
+            / 1e9
+        )
+        result["predicted_cache_gflops"] = (
+            cache_flops(vision, facts["train_images"], args.skip_layers) / 1e9 if result["cache_seconds"] else 0.0
+        )
+    ft = next((r for r in results if r["method"] == "ft"), None)
+    for result in results:
+        if ft is not None:
+            result["predicted_time_vs_ft"] = result["predicted_step_gflops"] / ft["predicted_step_gflops"]
+            result["measured_time_vs_ft"] = result["epoch_seconds"] / ft["epoch_seconds"]
+        result["achieved_gflops_per_second"] = result["predicted_step_gflops"] / result["step_seconds"]
+
+
+def _format(key: str, value) -> str:
+    if value is None:
+        return "n/a"
+    if key == "checkpoint_bytes":
+        return f"{value / 2**20:.1f}"
+    if key == "accuracy":
+        return f"{100 * value:.1f}%"
+    if key == "trainable_params":
+        return f"{value / 1e6:.2f}M"
+    if isinstance(value, float):
+        return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def markdown(results: list[dict], facts: dict, command: str) -> str:
+    """The results as markdown: the measurement table, the ratios to `ft` and the cost model."""
+    lines = [f"`{command}`", ""]
+    lines.append("| " + " | ".join(LABELS.values()) + " |")
+    lines.append("|" + "---|" * len(LABELS))
+    for result in results:
+        lines.append("| " + " | ".join(_format(key, result.get(key)) for key in LABELS) + " |")
+    ft = next((r for r in results if r["method"] == "ft"), None)
+    if ft is not None:
+        lines += [
+            "",
+            "| method | time / ft (measured) | time / ft (FLOP model) | memory / ft | checkpoint / full model |",
+            "|---|---|---|---|---|",
+        ]
+        for r in results:
+            memory = r["peak_memory_mb"] / ft["peak_memory_mb"]
+            checkpoint = r["checkpoint_bytes"] / r["full_model_bytes"]
+            lines.append(
+                f"| {r['method']} | {r['measured_time_vs_ft']:.3f} | {r['predicted_time_vs_ft']:.3f} | "
+                f"{memory:.3f} | {checkpoint:.3f} |"
+            )
+    notes = [
+        f"device: {results[0]['device']}; model: {facts['model_name']} with random weights; "
+        f"{facts['train_images']} training images, {facts['full_steps_per_epoch']} steps per epoch",
+        f"timed ({results[0]['clock']} clock): {results[0]['timed_steps_per_epoch']} steps per epoch, epoch time"
+        " = median step time x steps per "
+        "epoch over the epochs after the first; the caches are built for the timed images and their time scaled to "
+        "the whole training set",
+        f"text prompts padded to {facts['text_tokens']} tokens; accuracy on {facts['test_images']} Fashion-MNIST "
+        "test images, over all classes, of a random-weight model",
+    ]
+    if facts["synthetic_classes"]:
+        notes.append("classes beyond Fashion-MNIST's 10 have synthesised names and reuse its images")
+    return "\n".join(lines + [""] + [f"- {note}" for note in notes]) + "\n"
+
+
+def figure(results: list[dict], path: str, title: str) -> None:
+    """Bars of epoch time, peak memory and accuracy per method (in the spirit of the paper's Figure 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["method"] for r in results]
+    colors = ["tab:red" if n == "skip" else "tab:gray" for n in names]
+    panels = [
+        ("epoch_seconds", "epoch time (s)", 1),
+        ("peak_memory_mb", "peak memory (MB)", 1),
+        ("accuracy", "accuracy (%) - random weights", 100),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
+    for ax, (key, label, scale) in zip(axes, panels, strict=True):
+        values = [(r[key] or 0.0) * scale for r in results]
+        bars = ax.bar(names, values, color=colors)
+        ax.bar_label(bars, fmt="%.3g", fontsize=8)
+        ax.set_title(label)
+        ax.tick_params(axis="x", rotation=45)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def compare(args: argparse.Namespace, command: str) -> list[dict]:
+    """Prepares the workload, runs every method in its own process and writes the results to `args.out`."""
+    os.makedirs(args.out, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="skip-bench-") as work_dir:
+        start = time.perf_counter()
+        facts = prepare(args, work_dir)
+        print(
+            f"workload ready in {time.perf_counter() - start:.1f}s: {facts['timed_images']} timed images", flush=True
+        )
+        results = []
+        for method in args.methods:
+            start = time.perf_counter()
+            results.append(run_method(method, args, facts, work_dir))
+            print(f"{method}: done in {time.perf_counter() - start:.1f}s", flush=True)
+    add_cost_model(results, args, facts)
+    facts["model_name"] = args.arch
+    report = markdown(results, facts, command)
+    settings = {k: v for k, v in vars(args).items()}
+    facts_out = {k: v for k, v in facts.items() if k not in ("config", "workload", "model")}
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"command": command, "settings": settings, "facts": facts_out, "results": results}, f, indent=2)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(report)
+    title = f"{args.arch}, {args.classes} classes, {args.shots} shots, batch {args.batch_size}, {results[0]['device']}"
+    figure(results, os.path.join(args.out, "figure.png"), title)
+    print(report)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    compare(args, "python benchmarks/compare.py " + " ".join(argv))
+
+
+if __name__ == "__main__":
+    main()

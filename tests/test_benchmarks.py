@@ -1,0 +1,79 @@
+"""The benchmark harness: a tiny smoke configuration of compare.py (not for timing) and the FLOP cost model."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+from transformers import CLIPConfig
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+import compare  # noqa: E402
+from cost import layer_flops, step_flops, tower_shapes  # noqa: E402
+
+
+def vit_b_16() -> CLIPConfig:
+    return CLIPConfig(
+        text_config=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8),
+        vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, patch_size=16),
+    )
+
+
+def test_cost_model_matches_published_vit_b_16_flops():
+    vision, _ = tower_shapes(vit_b_16(), text_tokens=77)
+    # ViT-B/16 at 224 px: 17.6 GMACs, i.e. about 35.2 GFLOPs per image.
+    assert vision.tokens == 197
+    assert vision.embed_flops + vision.forward(0, 12) == pytest.approx(35.2e9, rel=0.02)
+    assert layer_flops(10, 4, 8) == 8 * 10 * 16 + 4 * 10 * 4 * 8 + 4 * 100 * 4
+
+
+def test_cost_model_orders_methods():
+    vision, text = tower_shapes(vit_b_16(), text_tokens=12)
+    cost = {
+        m: step_flops(m, vision, text, batch_size=4, num_classes=100, kept_classes=53, skip_layers=6)
+        for m in ("ft", "lora", "skip", "deep", "deep+lskip", "deep+cskip")
+    }
+    assert cost["skip"] < cost["deep+lskip"] < cost["deep"] < cost["ft"]
+    assert cost["skip"] < cost["deep+cskip"] < cost["deep"]
+    assert cost["lora"] == pytest.approx(2 / 3 * cost["ft"])
+    # ω = 0 without CSkip is full fine-tuning of the layers (the frozen patch embedding aside).
+    no_skip = step_flops("deep+lskip", vision, text, 4, 100, 100, skip_layers=0)
+    assert no_skip == pytest.approx(cost["ft"] - 3 * 4 * vision.embed_flops)
+    with pytest.raises(ValueError, match="No cost model"):
+        step_flops("adapter", vision, text, 4, 100, 53, 6)
+
+
+def test_parse_args_refuses_unknown_methods(capsys):
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--methods", "ft,prefix"])
+    assert "unknown methods ['prefix']" in capsys.readouterr().err
+
+
+def test_compare_smoke(tmp_path):
+    """Two methods on a 4-layer CLIP, 12 classes (2 of them synthesised), one step per epoch."""
+    out = tmp_path / "out"
+    argv = "--arch tiny --classes 12 --shots 4 --epochs 2 --steps-per-epoch 1 --methods ft,skip --skip-layers 2"
+    compare.main([*argv.split(), "--test-images", "6", "--out", str(out)])
+    report = json.loads((out / "results.json").read_text())
+    assert report["facts"]["synthetic_classes"] is True
+    results = {r["method"]: r for r in report["results"]}
+    assert set(results) == {"ft", "skip"}
+    ft, skip = results["ft"], results["skip"]
+    for r in (ft, skip):
+        assert r["losses_finite"]
+        assert r["epoch_seconds"] > 0 and r["peak_memory_mb"] > 0 and r["images_per_second"] > 0
+        assert 0 <= r["accuracy"] <= 1
+        assert r["full_steps_per_epoch"] == 12  # 12 classes x 4 shots in batches of 4 from one class each
+        assert r["timed_steps_per_epoch"] == 1
+    assert ft["cache_seconds"] == 0 and skip["cache_seconds"] > 0
+    assert ft["kept_classes"] == 12 and skip["kept_classes"] < 12  # CSkip: 6 always + a random tail
+    # Skip Tuning trains layers 2 and 3 of 4 plus the heads, and saves only their deltas.
+    assert skip["trainable_params"] < 0.6 * ft["trainable_params"]
+    assert skip["checkpoint_bytes"] < 0.6 * ft["checkpoint_bytes"]
+    assert skip["predicted_time_vs_ft"] < 0.6 and ft["predicted_time_vs_ft"] == 1
+    table = (out / "results.md").read_text()
+    assert "| skip |" in table and "synthesised names" in table
+    assert (out / "figure.png").stat().st_size > 1000
