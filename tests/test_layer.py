@@ -8,7 +8,7 @@ from peft_skip.layer import SkipLayer
 @pytest.mark.parametrize(
     "make", [lambda: nn.Linear(6, 5), lambda: nn.Linear(6, 5, bias=False), lambda: nn.LayerNorm(6)]
 )
-def test_forward_computes_with_base_plus_delta(make):
+def test_forward_computes_with_the_tuned_copy(make):
     torch.manual_seed(0)
     base = make()
     layer = SkipLayer(base, "default", init_weights=False)
@@ -16,8 +16,11 @@ def test_forward_computes_with_base_plus_delta(make):
     expected = make()
     with torch.no_grad():
         for name, param in expected.named_parameters():
-            param.copy_(getattr(base, name) + layer.skip_delta["default"][name])
+            assert not torch.equal(layer.skip_tuned["default"][name], getattr(base, name))
+            param.copy_(layer.skip_tuned["default"][name])
     torch.testing.assert_close(layer(x), expected(x))
+    deltas = layer.delta("default")
+    torch.testing.assert_close(deltas["weight"], layer.skip_tuned["default"]["weight"] - base.weight)
 
 
 def test_other_modules_run_through_functional_call():
@@ -27,19 +30,20 @@ def test_other_modules_run_through_functional_call():
     x = torch.randn(2, 3, 7)
     expected = nn.Conv1d(3, 4, 2)
     with torch.no_grad():
-        expected.weight.copy_(base.weight + layer.skip_delta["default"]["weight"])
-        expected.bias.copy_(base.bias + layer.skip_delta["default"]["bias"])
+        expected.weight.copy_(layer.skip_tuned["default"]["weight"])
+        expected.bias.copy_(layer.skip_tuned["default"]["bias"])
     torch.testing.assert_close(layer(x), expected(x))
 
 
-def test_zero_init_is_the_base_module_and_deltas_get_the_gradient():
+def test_zero_init_is_the_base_module_and_the_copy_gets_the_full_gradient():
     base = nn.Linear(4, 3)
     layer = SkipLayer(base, "default")
     x = torch.randn(5, 4)
     torch.testing.assert_close(layer(x), base(x), rtol=0, atol=0)
     layer(x).square().sum().backward()
-    # W = W0 + dW, so dW gets exactly the gradient full fine-tuning would give W0.
-    torch.testing.assert_close(layer.skip_delta["default"]["weight"].grad, base.weight.grad, rtol=0, atol=0)
+    base(x).square().sum().backward()
+    # The copy gets exactly the gradient full fine-tuning gives W0.
+    torch.testing.assert_close(layer.skip_tuned["default"]["weight"].grad, base.weight.grad, rtol=0, atol=0)
 
 
 def test_merge_and_unmerge_restore_the_base_weights():
@@ -59,7 +63,7 @@ def test_merge_and_unmerge_restore_the_base_weights():
 def test_safe_merge_refuses_non_finite_deltas():
     layer = SkipLayer(nn.Linear(2, 2), "default")
     with torch.no_grad():
-        layer.skip_delta["default"]["weight"][0, 0] = float("nan")
+        layer.skip_tuned["default"]["weight"][0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaNs or infinities"):
         layer.merge(safe_merge=True)
     assert not layer.merged
@@ -72,4 +76,4 @@ def test_bf16_autocast_on_cpu():
         out = layer(x)
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
-    assert layer.skip_delta["default"]["weight"].grad.dtype == torch.float32
+    assert layer.skip_tuned["default"]["weight"].grad.dtype == torch.float32

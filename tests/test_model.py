@@ -31,7 +31,7 @@ def test_trainable_parameters_are_exactly_the_deep_ones(vision_skip, text_skip):
     expected = {n for n, _ in clip.named_parameters() if _deep(n, vision_skip, text_skip)}
     model = get_peft_model(clip, SkipConfig(vision_skip_layers=vision_skip, text_skip_layers=text_skip))
     trainable = {
-        n.removeprefix("base_model.model.").replace(".skip_delta.default", "")
+        n.removeprefix("base_model.model.").replace(".skip_tuned.default", "")
         for n, p in model.named_parameters()
         if p.requires_grad
     }
@@ -60,7 +60,7 @@ def test_gradients_equal_full_fine_tuning(skip_layers):
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        base_name = name.removeprefix("base_model.model.").replace(".skip_delta.default", "")
+        base_name = name.removeprefix("base_model.model.").replace(".skip_tuned.default", "")
         torch.testing.assert_close(param.grad, full_grads[base_name].grad, rtol=1e-5, atol=1e-6)
         checked += 1
     assert checked == sum(_deep(n, skip_layers, skip_layers) for n, _ in full.named_parameters())
@@ -93,14 +93,14 @@ def test_several_adapters_set_and_delete():
     logits_b = model(**_inputs()).logits_per_image
     assert not torch.allclose(logits_a, logits_b)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert trainable and all(".skip_delta.b." in n for n in trainable)
+    assert trainable and all(".skip_tuned.b." in n for n in trainable)
     # Adapter b has no deltas in layer 2, adapter a does.
     layer2 = model.base_model.model.vision_model.encoder.layers[2].mlp.fc1
-    assert set(layer2.skip_delta) == {"a"}
+    assert set(layer2.skip_tuned) == {"a"}
 
     model.delete_adapter("a")
     assert set(model.peft_config) == {"b"}
-    assert not any("skip_delta.a." in n for n, _ in model.named_parameters())
+    assert not any("skip_tuned.a." in n for n, _ in model.named_parameters())
     torch.testing.assert_close(model(**_inputs()).logits_per_image, logits_b)
 
 
@@ -119,7 +119,7 @@ def test_gradient_checkpointing_keeps_gradients():
 
 def test_half_precision_base_keeps_fp32_deltas():
     model = get_peft_model(tiny_clip().to(torch.bfloat16), SkipConfig(skip_layers=2))
-    deltas = [p for n, p in model.named_parameters() if "skip_delta" in n]
+    deltas = [p for n, p in model.named_parameters() if "skip_tuned" in n]
     assert deltas and all(p.dtype == torch.float32 for p in deltas)
     inputs = _inputs()
     inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)

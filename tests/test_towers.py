@@ -256,8 +256,8 @@ def test_save_load_merge_round_trip(family, tmp_path):
 
 
 def _delta_owner(peft_model, delta_name: str) -> str:
-    """The base-model parameter a delta belongs to: `a.b.skip_delta.default.c-d` -> `a.b.c.d`."""
-    module_path, _, rest = delta_name.removeprefix("base_model.model.").partition(".skip_delta.")
+    """The base-model parameter a delta belongs to: `a.b.skip_tuned.default.c-d` -> `a.b.c.d`."""
+    module_path, _, rest = delta_name.removeprefix("base_model.model.").partition(".skip_tuned.")
     key = rest.split(".", 1)[1]
     return f"{module_path}.{key.replace('-', '.')}"
 
@@ -274,7 +274,7 @@ def test_trainable_parameters_are_the_deep_layers_and_heads(family):
     expected = {n for n, _ in model.named_parameters() if any(n.startswith(p + ".") for p in deep)}
     peft_model = get_peft_model(model, SkipConfig(skip_layers=SKIP))
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
-    assert all(".skip_delta.default." in n for n in trainable)
+    assert all(".skip_tuned.default." in n for n in trainable)
     assert {_delta_owner(peft_model, n) for n in trainable} == expected
     assert len(trainable) == len(expected)
 
@@ -305,7 +305,7 @@ def test_sgd_step_changes_only_deep_deltas(family):
     optimizer.step()
 
     changed = {n for n, p in peft_model.named_parameters() if not torch.equal(p, before[n])}
-    assert changed and all(".skip_delta.default." in n for n in changed)
+    assert changed and all(".skip_tuned.default." in n for n in changed)
     # Every deep layer and head learned something (single parameters may have an exactly zero gradient, e.g. the
     # key bias, to which softmax attention is invariant).
     owners = {_delta_owner(peft_model, n) for n in changed}
@@ -321,7 +321,7 @@ def test_attention_pooling_head_delta_gradients_equal_full_fine_tuning(family):
     head = peft_model.get_base_model().vision_model.head
     assert isinstance(head, SkipLayer)
     assert not any(isinstance(m, SkipLayer) for m in head.base_layer.modules())
-    assert "attention-out_proj-weight" in head.skip_delta["default"]
+    assert "attention-out_proj-weight" in head.skip_tuned["default"]
 
     full = copy.deepcopy(peft_model).merge_and_unload()
     full.requires_grad_(True)
@@ -333,7 +333,7 @@ def test_attention_pooling_head_delta_gradients_equal_full_fine_tuning(family):
     deltas = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
     for name, delta in deltas:
         torch.testing.assert_close(delta.grad, full_grads[_delta_owner(peft_model, name)].grad, atol=1e-6, rtol=1e-5)
-    head_grads = [n for n, _ in deltas if ".head.skip_delta." in n and "vision_model" in n]
+    head_grads = [n for n, _ in deltas if ".head.skip_tuned." in n and "vision_model" in n]
     assert len(head_grads) == len(dict(full.vision_model.head.named_parameters()))
 
 
@@ -342,7 +342,7 @@ def test_second_adapter_gets_its_own_deltas():
     peft_model.add_adapter("other", SkipConfig(skip_layers=SKIP))
     base = peft_model.get_base_model()
     for module in (base.vision_model.head, base.text_model.encoder.layers[SKIP].mlp.fc1):
-        assert set(module.skip_delta) == {"default", "other"}
+        assert set(module.skip_tuned) == {"default", "other"}
 
 
 @pytest.mark.parametrize(

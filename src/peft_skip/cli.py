@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--weight-decay",
         type=float,
         default=5e-4,
-        help="Weight decay; it pulls the weights toward the pre-trained ones (it decays the deltas).",
+        help="Weight decay of the tuned weights (the paper's 5e-4).",
     )
     train.add_argument(
         "--sampler",

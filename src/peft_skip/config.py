@@ -55,7 +55,7 @@ class SkipConfig(PeftConfig):
         max_classes (`int`): Upper bound on the classes always kept per step.
         class_decay (`float`): Scale λ of the exponential keep probability over the remaining class ranks.
         token_drop (`float`): Upper bound of the fraction of cached image tokens dropped per step (0 = off).
-        init_weights (`bool`): `True` starts from zero deltas (the base model); `False` from small random deltas.
+        init_weights (`bool`): `True` starts the tuned weights at the base weights; `False` adds small random deltas.
         delta_dtype (`str`): Dtype the deltas are saved in: `float32`, `float16` or `bfloat16`.
         base_model_fingerprint (`dict`, *optional*): Set when the model is wrapped: identifies the base weights the
             deltas apply to.
@@ -89,7 +89,7 @@ class SkipConfig(PeftConfig):
     )
     init_weights: bool = field(
         default=True,
-        metadata={"help": "True: zero deltas, the wrapped model equals the base model. False: small random deltas."},
+        metadata={"help": "True: the tuned weights start at the base weights. False: small random deltas (tests)."},
     )
     delta_dtype: Literal["float32", "float16", "bfloat16"] = field(
         default="float32", metadata={"help": "Dtype the deltas are stored in on disk: float32, float16 or bfloat16."}

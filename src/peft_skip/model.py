@@ -10,17 +10,19 @@ from torch import nn
 from .checkpoint import check_deltas_fit
 from .config import SkipConfig
 from .fingerprint import fingerprint, fingerprint_mismatch
-from .layer import SkipLayer
+from .layer import SkipLayer, parameter_name
 from .towers import get_towers
 
 PREFIX = "skip_"
+TUNED = "skip_tuned"  # the trained copies of the parameters, in the model
+DELTA = "skip_delta"  # their differences to the base parameters, in checkpoints
 
 
 class SkipModel(BaseTuner):
     """Skip Tuning (Wu et al., CVPR 2025): fine-tunes layers ω..N-1 of both towers and what follows them in place.
 
     Every module with parameters in those layers (and in the vision / text heads) is wrapped in a `SkipLayer`
-    holding a zero-initialised delta per parameter; everything else, `logit_scale` included, is frozen. No module is
+    holding a trainable copy of its parameters; everything else, `logit_scale` included, is frozen. No module is
     added to the forward pass, so after `merge_and_unload` the model is a plain transformers model.
 
     Args:
@@ -60,7 +62,7 @@ class SkipModel(BaseTuner):
         saved_shapes = getattr(config, "checkpoint_shapes", None)
         if saved_shapes is not None:
             expected = {
-                f"base_model.model.{path}.skip_delta.{name}": tuple(shape)
+                f"base_model.model.{path}.{DELTA}.{name}": tuple(shape)
                 for path, module in self._target_modules(model, config).items()
                 for name, shape in SkipLayer.delta_shapes(module).items()
             }
@@ -131,11 +133,38 @@ class SkipModel(BaseTuner):
         # wrapped non-leaf module (e.g. an attention-pooling head) does not have.
         setattr(parent, child_name, new_module)
 
+    # Checkpoints hold deltas `W - W0` (small after fp16/bf16 rounding, and meaningful on their own) under
+    # `<module>.skip_delta.<parameter>`; the model trains the copies `W` under `<module>.skip_tuned.<adapter>.<...>`.
+
     @classmethod
     def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
-        deltas = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
         dtype = getattr(torch, config.delta_dtype)
-        return {key: value.to(dtype) for key, value in deltas.items()}
+        deltas = {}
+        for name, module in model.named_modules():
+            if isinstance(module, SkipLayer) and adapter_name in module.skip_tuned:
+                for key, delta in module.delta(adapter_name).items():
+                    deltas[f"{name}.{DELTA}.{adapter_name}.{key}"] = delta.to(dtype)
+        return deltas
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        return super()._remove_adapter_name_from_key(key, adapter_name).replace(f".{TUNED}.", f".{DELTA}.")
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        weights = {}
+        for key, value in remapped.items():
+            module_name, found, rest = key.partition(f".{TUNED}.")
+            if not found:
+                weights[key] = value
+                continue
+            layer = model.get_submodule(module_name)
+            parameter = rest.partition(".")[2]
+            tuned = layer.skip_tuned[adapter_name][parameter]
+            base = layer.base_layer.get_parameter(parameter_name(parameter))
+            weights[key] = base.detach().to(tuned.dtype) + value.to(device=tuned.device, dtype=tuned.dtype)
+        return weights
 
 
 def _has_own_parameters(module: nn.Module) -> bool:

@@ -73,7 +73,7 @@ class TrainingArguments:
         gradient_accumulation_steps (`int`): Batches per optimiser step; an epoch's last step may take fewer.
         optimizer (`str`): `sgd` (the paper's: momentum 0.9) or `adamw`.
         momentum (`float`): SGD momentum.
-        weight_decay (`float`): Weight decay. It decays the deltas, i.e. pulls the weights toward the pre-trained ones.
+        weight_decay (`float`): Weight decay of the tuned weights (the paper's 5e-4).
         sampler (`str`): `class` draws each batch from a single class (the reference's "batch_random"), `random` at
             random; `auto` picks `class` when every class has at least 4 images, like the reference.
         cache_mode (`str`): `paper` re-extracts the image cache every epoch with that epoch's augmentation; `views`
