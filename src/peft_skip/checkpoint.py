@@ -109,3 +109,41 @@ def check_deltas_fit(checkpoint: dict[str, tuple[int, ...]], expected: dict[str,
             "The adapter's tensors do not fit this model: " + "; ".join(problems) + ". Check that the adapter was "
             "saved from this architecture with the same skip_layers."
         )
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(tmp: str, final: str) -> None:
+    """Moves the complete directory `tmp` to `final` once its files are on disk.
+
+    A crash before the rename leaves `final` as it was (and a stale `tmp`, ignored and overwritten by the next save);
+    a crash after it leaves the new `final`.
+    """
+    for name in os.listdir(tmp):
+        _fsync(os.path.join(tmp, name))
+    _fsync(tmp)
+    os.replace(tmp, final)
+    _fsync(os.path.dirname(os.path.abspath(final)))
+
+
+def publish_files(tmp: str, directory: str) -> None:
+    """Moves every file of the complete directory `tmp` into `directory`, one atomic rename each, then removes `tmp`.
+
+    The weights go first and `adapter_config.json` last, so every file in `directory` is always whole: a crash
+    leaves the previous adapter, the new one, or (in the instant between two renames) new weights next to the
+    previous config - still loadable, and replaced by the next save.
+    """
+    names = sorted(os.listdir(tmp), key=lambda name: name == CONFIG_NAME)
+    for name in names:
+        _fsync(os.path.join(tmp, name))
+    os.makedirs(directory, exist_ok=True)
+    for name in names:
+        os.replace(os.path.join(tmp, name), os.path.join(directory, name))
+    _fsync(directory)
+    os.rmdir(tmp)

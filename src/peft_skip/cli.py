@@ -169,7 +169,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         accelerator=accelerator,
     )
     try:
-        result = trainer.train(resume=args.resume)
+        with torch.autograd.set_detect_anomaly(args.detect_anomaly):
+            result = trainer.train(resume=args.resume)
     except NonFiniteLossError as error:
         say(f"error: {error}")
         return 1
@@ -379,6 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Continue from the latest checkpoint in --out (same "
         "arguments); a resumed run ends where an uninterrupted one would.",
+    )
+    train.add_argument(
+        "--detect-anomaly",
+        action="store_true",
+        help="Run autograd's anomaly detection: a NaN or infinity in the backward pass raises an error naming the "
+        "operation that produced it (slow; for debugging a non-finite loss).",
     )
     train.add_argument("--no-progress", action="store_true", help="No progress bar.")
     train.set_defaults(func=cmd_train)

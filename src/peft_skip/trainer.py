@@ -33,6 +33,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .cache import LayerCache, TextCache, build_text_cache, drop_tokens
+from .checkpoint import publish, publish_files
 from .classes import ClassSelector
 from .config import SkipConfig
 from .towers import Towers, get_towers
@@ -406,16 +407,22 @@ class SkipTrainer:
             tmp = final + ".tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             self.model.save_pretrained(tmp)
+            numpy_rng = np.random.get_state()
             state = {
                 "epoch": epoch,
                 "args": asdict(self.args),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+                # Plain tensors and numbers only, so that loading needs no pickle (torch.load(weights_only=True)).
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "numpy": (torch.from_numpy(numpy_rng[1].astype(np.int64)), *numpy_rng[2:]),
+                    "python": random.getstate(),
+                },
             }
             torch.save(state, os.path.join(tmp, TRAINER_STATE))
-            # Rename last, so an interrupted save never looks like a complete checkpoint.
-            os.replace(tmp, final)
+            # Published last, whole and on disk, so an interrupted save never looks like a complete checkpoint.
+            publish(tmp, final)
             for old in _checkpoints(self.args.output_dir)[: -self.args.keep_checkpoints]:
                 shutil.rmtree(old)
         accelerator.wait_for_everyone()
@@ -426,7 +433,7 @@ class SkipTrainer:
         if not checkpoints:
             return 0
         path = checkpoints[-1]
-        state = torch.load(os.path.join(path, TRAINER_STATE), weights_only=False)
+        state = torch.load(os.path.join(path, TRAINER_STATE), weights_only=True)
         saved = {k: v for k, v in state["args"].items() if k not in ("output_dir", "progress")}
         current = {k: v for k, v in asdict(self.args).items() if k not in ("output_dir", "progress")}
         changed = {k: (saved[k], current[k]) for k in saved if saved[k] != current.get(k)}
@@ -439,7 +446,8 @@ class SkipTrainer:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
+        keys, *position = state["rng"]["numpy"]
+        np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), *position))
         random.setstate(state["rng"]["python"])
         return state["epoch"]
 
@@ -562,7 +570,10 @@ class SkipTrainer:
         bar.close()
         result.train_seconds = time.perf_counter() - started
         if accelerator.is_main_process:
-            self.model.save_pretrained(args.output_dir)
+            tmp = os.path.join(args.output_dir, ".adapter.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.model.save_pretrained(tmp)
+            publish_files(tmp, args.output_dir)
         accelerator.wait_for_everyone()
         return result
 

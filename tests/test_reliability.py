@@ -1,0 +1,148 @@
+"""Failures that must lose nothing: crashes during saves, a killed run, corrupt adapters, anomaly detection."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import CLIPModel
+
+import peft_skip  # noqa: F401
+from peft_skip import checkpoint, trainer
+from peft_skip.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ["--data", "digits", "--shots", "4", "--skip-layers", "2", "--test-limit", "30", "--no-progress"]
+TRAIN += ["--lr", "1e-3", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("model") / "tiny")
+    assert main(["make-offline-model", path, "--arch", "tiny"]) == 0
+    return path
+
+
+def _train(tiny_model, out, *extra) -> int:
+    return main(["train", "--model", tiny_model, *TRAIN, "--out", str(out), *extra])
+
+
+def _deltas(path) -> dict[str, torch.Tensor]:
+    return load_file(os.path.join(path, "adapter_model.safetensors"))
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tiny_model, tmp_path, monkeypatch):
+    calls = []
+
+    def publish_then_disk_full(tmp, final):
+        calls.append(final)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        checkpoint.publish(tmp, final)
+
+    monkeypatch.setattr(trainer, "publish", publish_then_disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        _train(tiny_model, tmp_path, "--epochs", "2")
+    monkeypatch.undo()
+
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["epoch-0001", "epoch-0002.tmp"]
+    assert not (tmp_path / "adapter_model.safetensors").exists()
+    # The half-written epoch-0002.tmp is never resumed from; the run completes from epoch 1.
+    assert _train(tiny_model, tmp_path, "--epochs", "2", "--resume") == 0
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["epoch-0002"]
+    whole = tmp_path / "whole"
+    assert _train(tiny_model, whole, "--epochs", "2") == 0
+    expected, actual = _deltas(whole), _deltas(tmp_path)
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=1e-5, msg=key)
+
+
+def test_crash_while_publishing_an_adapter_keeps_the_previous_one(tiny_model, tmp_path, monkeypatch):
+    assert _train(tiny_model, tmp_path, "--epochs", "1") == 0
+    previous = _deltas(tmp_path)
+    newer = PeftModel.from_pretrained(CLIPModel.from_pretrained(tiny_model), tmp_path, is_trainable=True)
+    with torch.no_grad():
+        for param in newer.parameters():
+            if param.requires_grad:
+                param.add_(1.0)
+    newer.save_pretrained(tmp_path / "newer.tmp")
+
+    real_replace = os.replace
+
+    def crash_on_the_weights(src, dst):
+        if str(dst).endswith("adapter_model.safetensors"):
+            raise OSError(errno.EIO, "I/O error")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", crash_on_the_weights)
+    with pytest.raises(OSError, match="I/O error"):
+        checkpoint.publish_files(str(tmp_path / "newer.tmp"), str(tmp_path))
+    monkeypatch.undo()
+
+    loaded = PeftModel.from_pretrained(CLIPModel.from_pretrained(tiny_model), tmp_path)
+    assert loaded.peft_config["default"].skip_layers == 2
+    assert all(torch.equal(previous[k], v) for k, v in _deltas(tmp_path).items())
+
+
+def test_checkpoint_state_loads_without_pickle(tiny_model, tmp_path):
+    assert _train(tiny_model, tmp_path, "--epochs", "1") == 0
+    state = torch.load(tmp_path / "checkpoints" / "epoch-0001" / trainer.TRAINER_STATE, weights_only=True)
+    assert state["epoch"] == 1 and "optimizer" in state
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_model, tmp_path):
+    assert _train(tiny_model, tmp_path / "whole", "--epochs", "3") == 0
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    command = [sys.executable, "-m", "peft_skip.cli", "train", "--model", tiny_model, *TRAIN, "--epochs", "3"]
+    killed = subprocess.Popen([*command, "--out", str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL)
+    first = tmp_path / "killed" / "checkpoints" / "epoch-0001"
+    deadline = time.monotonic() + 120
+    while not first.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (tmp_path / "killed" / "adapter_model.safetensors").exists()
+
+    assert _train(tiny_model, tmp_path / "killed", "--epochs", "3", "--resume") == 0
+    expected, actual = _deltas(tmp_path / "whole"), _deltas(tmp_path / "killed")
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=1e-5, msg=key)
+
+
+def test_detect_anomaly_is_on_during_training(tiny_model, tmp_path, monkeypatch):
+    seen = []
+    original = trainer.SkipTrainer.train
+
+    def spy(self, resume=False):
+        seen.append(torch.is_anomaly_enabled())
+        return original(self, resume)
+
+    monkeypatch.setattr(trainer.SkipTrainer, "train", spy)
+    assert _train(tiny_model, tmp_path, "--epochs", "1", "--detect-anomaly") == 0
+    assert _train(tiny_model, tmp_path / "off", "--epochs", "1") == 0
+    assert seen == [True, False]
+
+
+def test_eval_of_a_corrupt_adapter_is_one_clear_line(tiny_model, tmp_path, capsys):
+    assert _train(tiny_model, tmp_path, "--epochs", "1") == 0
+    weights = tmp_path / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    code = main(["eval", "--model", tiny_model, "--data", "digits", "--test-limit", "10", "--adapter", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("peft-skip eval: error:") and "corrupt or truncated" in err[-1]
