@@ -298,15 +298,15 @@ def figure(results: list[dict], path: str, title: str) -> None:
     names = [r["method"] for r in results]
     colors = ["tab:red" if n == "skip" else "tab:gray" for n in names]
     panels = [
-        ("epoch_seconds", "epoch time (s)", 1),
-        ("peak_memory_mb", "peak memory (MB)", 1),
-        ("accuracy", "accuracy (%) - random weights", 100),
+        ("epoch_seconds", "epoch time (s)", 1, "{:,.0f}"),
+        ("peak_memory_mb", "peak memory (MB)", 1, "{:,.0f}"),
+        ("accuracy", "accuracy (%) - random weights", 100, "{:.1f}"),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
-    for ax, (key, label, scale) in zip(axes, panels, strict=True):
+    for ax, (key, label, scale, fmt) in zip(axes, panels, strict=True):
         values = [(r[key] or 0.0) * scale for r in results]
         bars = ax.bar(names, values, color=colors)
-        ax.bar_label(bars, fmt="%.3g", fontsize=8)
+        ax.bar_label(bars, fmt=fmt, fontsize=8)
         ax.set_title(label)
         ax.tick_params(axis="x", rotation=45)
     fig.suptitle(title)
