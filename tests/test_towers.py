@@ -383,3 +383,26 @@ def test_metaclip_2_pools_at_the_first_eos_even_when_its_id_is_2():
         torch.testing.assert_close(
             _text_pass(get_towers(model), text), model.get_text_features(**text).pooler_output, atol=1e-5, rtol=1e-5
         )
+
+
+@pytest.mark.parametrize(
+    "family", [f for f in FAMILIES if f.has_text and not f.standalone and f.name != "siglip2"], ids=lambda f: f.name
+)
+def test_one_epoch_of_the_trainer(family, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from peft_skip.data import ImageDataset, ImageTransform
+    from peft_skip.trainer import SkipTrainer, TrainingArguments
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(6)]
+    train_set = ImageDataset(["a", "b", "c"], images, [0, 0, 1, 1, 2, 2])
+    model = get_peft_model(family.build("sdpa"), SkipConfig(skip_layers=SKIP, class_ratio=0.5))
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    args = TrainingArguments(output_dir=str(tmp_path), epochs=1, lr=1e-2, batch_size=2, progress=False)
+    transform = ImageTransform(32, mean=(0.5,) * 3, std=(0.5,) * 3, train=True, seed=0)
+    SkipTrainer(model, args, train_set, text_batch(num=3, seed=1), transform).train()
+    changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert any("vision_model" in n for n in changed) and any("text" in n for n in changed)
+    assert (tmp_path / "adapter_model.safetensors").exists()
