@@ -40,7 +40,9 @@ def plot(points: dict[int, list[dict]], name: str, path: str, title: str) -> Non
             ys = [next(r[key] for r in points[v] if r["method"] == method) for v in values]
             ax.plot(values, ys, marker="o", label=method, color="tab:red" if method == "skip" else None)
         if name == "classes":
+            # Full fine-tuning grows linearly with the classes: on a log scale both methods stay readable.
             ax.set_xscale("log")
+            ax.set_yscale("log")
         ax.set_xlabel(name)
         ax.set_title(label)
     axes[0].legend(fontsize=8)
