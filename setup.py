@@ -23,7 +23,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist", "hypothesis", "ruff", "matplotlib", "scikit-learn"],
-        "bench": ["matplotlib", "psutil"],
+        "bench": ["matplotlib"],
     },
     entry_points={"console_scripts": ["peft-skip=peft_skip.cli:main"]},
 )
