@@ -307,6 +307,7 @@ def figure(results: list[dict], path: str, title: str) -> None:
         values = [(r[key] or 0.0) * scale for r in results]
         bars = ax.bar(names, values, color=colors)
         ax.bar_label(bars, fmt=fmt, fontsize=8)
+        ax.set_ylim(0, max([*values, 1.0]) * 1.15)
         ax.set_title(label)
         ax.tick_params(axis="x", rotation=45)
     fig.suptitle(title)
