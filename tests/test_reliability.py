@@ -146,3 +146,12 @@ def test_eval_of_a_corrupt_adapter_is_one_clear_line(tiny_model, tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].startswith("peft-skip eval: error:") and "corrupt or truncated" in err[-1]
+
+
+def test_a_new_run_into_a_used_directory_replaces_its_checkpoints(tiny_model, tmp_path):
+    assert _train(tiny_model, tmp_path, "--epochs", "1") == 0
+    first = _deltas(tmp_path / "checkpoints" / "epoch-0001")
+    assert _train(tiny_model, tmp_path, "--epochs", "1", "--seed", "4") == 0
+    second = _deltas(tmp_path / "checkpoints" / "epoch-0001")
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["epoch-0001"]
+    assert any(not torch.equal(first[k], second[k]) for k in first)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -123,13 +124,19 @@ def publish(tmp: str, final: str) -> None:
     """Moves the complete directory `tmp` to `final` once its files are on disk.
 
     A crash before the rename leaves `final` as it was (and a stale `tmp`, ignored and overwritten by the next save);
-    a crash after it leaves the new `final`.
+    a crash after it leaves the new `final`. An existing `final` (a checkpoint of an earlier run in the same
+    directory) is first renamed to `<final>.old.tmp`, which nothing reads, then removed.
     """
     for name in os.listdir(tmp):
         _fsync(os.path.join(tmp, name))
     _fsync(tmp)
+    old = final + ".old.tmp"
+    if os.path.exists(final):
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
     os.replace(tmp, final)
     _fsync(os.path.dirname(os.path.abspath(final)))
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def publish_files(tmp: str, directory: str) -> None:
