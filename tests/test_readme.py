@@ -25,3 +25,5 @@ def test_first_lines_are_the_two_setup_commands():
     lines = README.read_text().splitlines()
     assert lines[2] == "```bash"
     assert "peft-skip train" in lines[3] and lines[4].endswith("&& pytest")
+    # CI runs the README's test command as written.
+    assert lines[4] in (README.parent / ".ci" / "run").read_text().splitlines()
