@@ -448,6 +448,7 @@ def test_offline_vit_b_config_shapes():
     from peft_skip.data import _ARCHS, CLIP_VOCAB_SIZE, _word_tokenizer
 
     assert _ARCHS["vit-b-16"]["patch"] == 16 and _ARCHS["vit-b-32"]["patch"] == 32
-    tokenizer, vocab_size, bos, eos = _word_tokenizer(["cat"], CLIP_VOCAB_SIZE)
+    tokenizer, vocab_size = _word_tokenizer(["cat"], CLIP_VOCAB_SIZE)
+    bos, eos = tokenizer.token_to_id("<|startoftext|>"), tokenizer.token_to_id("<|endoftext|>")
     assert (vocab_size, bos, eos) == (49408, 49406, 49407)  # CLIP's own special-token ids
     assert tokenizer.encode("a cat").ids[-1] == 49407

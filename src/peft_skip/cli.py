@@ -20,6 +20,7 @@ from .config import METHOD_FIELDS, SkipConfig
 from .data import (
     DIGITS_CLASSES,
     FASHION_MNIST_CLASSES,
+    OFFLINE_FAMILIES,
     TEMPLATES,
     ImageTransform,
     build_prompts,
@@ -233,10 +234,10 @@ def cmd_make_offline_model(args: argparse.Namespace) -> int:
     class_names = list(FASHION_MNIST_CLASSES) + list(DIGITS_CLASSES)
     for spec in args.data or []:
         class_names += load_dataset_spec(spec, "train").class_names
-    make_offline_model(args.out_dir, arch=args.arch, class_names=class_names, seed=args.seed)
+    make_offline_model(args.out_dir, arch=args.arch, class_names=class_names, seed=args.seed, family=args.family)
     print(
-        f"Wrote a {args.arch} CLIP with RANDOM weights to {args.out_dir} (no pretrained checkpoint can be downloaded "
-        "here): use it to check mechanics, speed and memory, not accuracy."
+        f"Wrote a {args.arch} {args.family} model with RANDOM weights to {args.out_dir} (no pretrained checkpoint can "
+        "be downloaded here): use it to check mechanics, speed and memory, not accuracy."
     )
     return 0
 
@@ -413,9 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     offline = commands.add_parser(
         "make-offline-model",
-        help="Write a CLIP model directory with RANDOM weights (for machines that cannot download checkpoints).",
-        description="Writes a CLIP model (random weights, real architecture), image processor and a small word-level "
-        "tokenizer that covers the prompt words and the class names of fashion-mnist, digits and any --data.",
+        help="Write a model directory with RANDOM weights (for machines that cannot download checkpoints).",
+        description="Writes a CLIP-family model (random weights, real architecture), image processor and a small "
+        "word-level tokenizer that covers the prompt words and the class names of fashion-mnist, digits and any "
+        "--data.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     offline.add_argument("out_dir", help="Directory to write.")
@@ -424,6 +426,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["vit-b-32", "vit-b-16", "tiny"],
         default="vit-b-32",
         help="Architecture (tiny: 4 layers of width 32, 32x32 images).",
+    )
+    offline.add_argument(
+        "--family",
+        choices=sorted(OFFLINE_FAMILIES),
+        default="clip",
+        help="Model family (`model_type`): its layout, image preprocessing and special tokens.",
     )
     offline.add_argument(
         "--data",

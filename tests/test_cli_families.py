@@ -1,0 +1,48 @@
+"""`peft-skip` end to end on tiny offline models of each two-tower family `make-offline-model` writes."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from transformers import AutoModel, AutoProcessor
+
+from peft_skip.cli import main
+from peft_skip.data import OFFLINE_FAMILIES
+
+FAMILIES = ["metaclip_2", "siglip", "chinese_clip", "altclip"]
+
+
+def test_every_offline_family_is_tested_end_to_end():
+    # CLIP runs end to end in test_cli.py.
+    assert set(OFFLINE_FAMILIES) == {"clip", *FAMILIES}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_make_train_eval(family, tmp_path):
+    model_dir, out = str(tmp_path / "model"), tmp_path / "run"
+    assert main(["make-offline-model", model_dir, "--arch", "tiny", "--family", family]) == 0
+    model, processor = AutoModel.from_pretrained(model_dir), AutoProcessor.from_pretrained(model_dir)
+    assert model.config.model_type == family
+    assert type(processor).__name__ == OFFLINE_FAMILIES[family].processor
+    tokens = processor.tokenizer(["a photo of the number 7.", "a 7"], padding=True)
+    special = OFFLINE_FAMILIES[family].tokens
+    assert processor.tokenizer.unk_token_id not in tokens["input_ids"][0]
+    assert tokens["input_ids"][1][-1] == processor.tokenizer.pad_token_id == model.config.text_config.pad_token_id
+    assert processor.tokenizer.convert_ids_to_tokens(tokens["input_ids"][0][-1]) == special.eos
+    if special.bos is not None:
+        assert processor.tokenizer.convert_ids_to_tokens(tokens["input_ids"][0][0]) == special.bos
+
+    data = ["--data", "digits", "--test-limit", "20"]
+    train = ["train", "--model", model_dir, *data, "--shots", "2", "--epochs", "1", "--skip-layers", "2"]
+    assert main([*train, "--no-progress", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["random_weights"] and metrics["tuned"]["num_images"] == 20
+    assert len(metrics["history"]) == 1 and math.isfinite(metrics["history"][0]["loss"])
+
+    eval_json = tmp_path / "eval.json"
+    assert main(["eval", "--model", model_dir, *data, "--adapter", str(out), "--out", str(eval_json)]) == 0
+    result = json.loads(eval_json.read_text())
+    assert result["accuracy"] == metrics["tuned"]["accuracy"]
+    assert result["per_class"] == metrics["tuned"]["per_class"]
