@@ -406,3 +406,10 @@ def test_one_epoch_of_the_trainer(family, tmp_path):
     changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
     assert any("vision_model" in n for n in changed) and any("text" in n for n in changed)
     assert (tmp_path / "adapter_model.safetensors").exists()
+
+
+def test_prompt_padding_follows_the_family():
+    by_name = {f.name: f for f in FAMILIES}
+    assert get_towers(by_name["clip"].build("sdpa")).text.padding() == {"padding": True}
+    # SigLIP pools the last position: its prompts are padded to the full text length, as in its training.
+    assert get_towers(by_name["siglip"].build("sdpa")).text.padding() == {"padding": "max_length", "max_length": 16}

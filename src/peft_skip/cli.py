@@ -30,6 +30,7 @@ from .data import (
     split_base_new,
     subset_classes,
 )
+from .towers import get_towers
 from .trainer import PRESETS, NonFiniteLossError, SkipTrainer, TrainingArguments, evaluate, make_accelerator
 
 ACCURACY_NOTE = "accuracy computed directly (evaluate.load('accuracy') needs the Hugging Face Hub)"
@@ -61,8 +62,9 @@ def _template(args: argparse.Namespace) -> str:
     return TEMPLATES.get(args.data, TEMPLATES["default"])
 
 
-def _prompts(processor, class_names: Sequence[str], template: str) -> dict[str, torch.Tensor]:
-    tokens = processor.tokenizer(build_prompts(class_names, template), padding=True, return_tensors="pt")
+def _prompts(model, processor, class_names: Sequence[str], template: str) -> dict[str, torch.Tensor]:
+    prompts = build_prompts(class_names, template)
+    tokens = processor.tokenizer(prompts, return_tensors="pt", **get_towers(model).text.padding())
     return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
 
@@ -80,7 +82,7 @@ def _evaluate_classes(
     if classes is not None:
         dataset = subset_classes(dataset, classes)
     transform = ImageTransform.from_processor(processor, train=False)
-    return evaluate(model, dataset, _prompts(processor, dataset.class_names, template), transform, batch_size)
+    return evaluate(model, dataset, _prompts(model, processor, dataset.class_names, template), transform, batch_size)
 
 
 def _harmonic_mean(a: float, b: float) -> float:
@@ -165,7 +167,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         model,
         training,
         train_set,
-        _prompts(processor, train_set.class_names, template),
+        _prompts(model, processor, train_set.class_names, template),
         ImageTransform.from_processor(processor, train=True),
         accelerator=accelerator,
     )

@@ -64,6 +64,10 @@ class Tower:
         layers = [f"{self.layers_path}.{i}" for i in range(skip_layers, self.num_layers)]
         return layers + list(self.head_paths)
 
+    def padding(self) -> dict:
+        """Keyword arguments for the tokenizer that pad prompts the way this (text) tower expects."""
+        return {"padding": True}
+
     def embed(self, **inputs: torch.Tensor) -> torch.Tensor:
         """Hidden states before layer 0, shape `(batch, tokens, hidden)`."""
         raise NotImplementedError
@@ -198,6 +202,10 @@ class SiglipTextTower(Tower):
     name = "text"
     layers_path = "text_model.encoder.layers"
     head_paths = ("text_model.final_layer_norm", "text_model.head")
+
+    def padding(self) -> dict:
+        # SigLIP pools the last position, so prompts are padded as in its training: to the full text length.
+        return {"padding": "max_length", "max_length": self.model.text_model.config.max_position_embeddings}
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.text_model.embeddings(input_ids=input_ids)
