@@ -198,20 +198,25 @@ class SiglipVisionTower(Tower):
         return vision.head(vision.post_layernorm(hidden))
 
 
-class SiglipTextTower(Tower):
-    name = "text"
-    layers_path = "text_model.encoder.layers"
-    head_paths = ("text_model.final_layer_norm", "text_model.head")
+class BidirectionalTextTower(Tower):
+    """A text tower at `text_model` whose layers see only the padding mask (SigLIP, BERT-style towers)."""
 
-    def padding(self) -> dict:
-        # SigLIP pools the last position, so prompts are padded as in its training: to the full text length.
-        return {"padding": "max_length", "max_length": self.model.text_model.config.max_position_embeddings}
+    name = "text"
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.text_model.embeddings(input_ids=input_ids)
 
     def _layer_mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[object, dict]:
         return _bidirectional_mask(self.model.text_model.config, hidden, attention_mask)
+
+
+class SiglipTextTower(BidirectionalTextTower):
+    layers_path = "text_model.encoder.layers"
+    head_paths = ("text_model.final_layer_norm", "text_model.head")
+
+    def padding(self) -> dict:
+        # SigLIP pools the last position, so prompts are padded as in its training: to the full text length.
+        return {"padding": "max_length", "max_length": self.model.text_model.config.max_position_embeddings}
 
     def pool(
         self, hidden: torch.Tensor, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
@@ -245,16 +250,9 @@ class Siglip2VisionTower(SiglipVisionTower):
 # ChineseCLIP (BERT text tower) and AltCLIP (XLM-R text tower): bidirectional text, first-token pooling.
 
 
-class ChineseCLIPTextTower(Tower):
-    name = "text"
+class ChineseCLIPTextTower(BidirectionalTextTower):
     layers_path = "text_model.encoder.layer"
     head_paths = ("text_projection",)
-
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.text_model.embeddings(input_ids=input_ids)
-
-    def _layer_mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[object, dict]:
-        return _bidirectional_mask(self.model.text_model.config, hidden, attention_mask)
 
     def pool(
         self, hidden: torch.Tensor, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
