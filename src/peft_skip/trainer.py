@@ -216,6 +216,8 @@ class _SkipTuningStep(nn.Module):
         self.text_cache = text_cache
         self.prototypes = prototypes
         self.selector = selector
+        # Resolved once: the towers only hold references to the model's modules.
+        self.towers = get_towers(model)
 
     def forward(
         self, image_states: torch.Tensor, labels: torch.Tensor, scale: float, generator: torch.Generator
@@ -226,7 +228,7 @@ class _SkipTuningStep(nn.Module):
             return StepOutput(zero, image_states.new_zeros(0, 1), labels)
         config = self.model.peft_config[self.model.active_adapter]
         out = skip_tuning_loss(
-            get_towers(self.model),
+            self.towers,
             image_states,
             labels,
             self.text_cache,
