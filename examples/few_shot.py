@@ -14,7 +14,8 @@ from peft import get_peft_model
 from transformers import CLIPModel, CLIPProcessor
 
 from peft_skip import SkipConfig
-from peft_skip.data import ImageTransform, build_prompts, load_dataset_spec, make_offline_model, sample_few_shot
+from peft_skip.data import ImageTransform, build_prompts, load_dataset_spec, sample_few_shot
+from peft_skip.offline import make_offline_model
 from peft_skip.trainer import SkipTrainer, TrainingArguments, evaluate
 
 work = tempfile.mkdtemp()

@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoModel, AutoProcessor
 
 from peft_skip.cli import main
-from peft_skip.data import OFFLINE_FAMILIES
+from peft_skip.offline import OFFLINE_FAMILIES
 
 FAMILIES = ["metaclip_2", "siglip", "chinese_clip", "altclip"]
 

@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from peft_skip.data import make_offline_model
+from peft_skip.offline import make_offline_model
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

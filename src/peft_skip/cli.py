@@ -20,16 +20,15 @@ from .config import METHOD_FIELDS, SkipConfig
 from .data import (
     DIGITS_CLASSES,
     FASHION_MNIST_CLASSES,
-    OFFLINE_FAMILIES,
     TEMPLATES,
     ImageTransform,
     build_prompts,
     load_dataset_spec,
-    make_offline_model,
     sample_few_shot,
     split_base_new,
     subset_classes,
 )
+from .offline import OFFLINE_FAMILIES, make_offline_model
 from .towers import get_towers
 from .trainer import PRESETS, NonFiniteLossError, SkipTrainer, TrainingArguments, evaluate, make_accelerator
 
