@@ -198,21 +198,26 @@ def test_build_rejects_bad_input():
         build(model, indices=[0, NUM_IMAGES])
 
 
-def test_drop_tokens():
+@pytest.mark.parametrize("class_tokens", [1, 0, 2])
+def test_drop_tokens(class_tokens):
     hidden = torch.arange(2 * 50 * 3, dtype=torch.float32).reshape(2, 50, 3)
-    assert drop_tokens(hidden, 0.0) is hidden
+    assert drop_tokens(hidden, 0.0, class_tokens=class_tokens) is hidden
     generator = torch.Generator().manual_seed(0)
-    counts = set()
+    others = 50 - class_tokens
+    counts, first_kept = set(), set()
     for _ in range(20):
-        dropped = drop_tokens(hidden, 0.5, generator=generator)
-        kept = dropped.shape[1] - 1
+        dropped = drop_tokens(hidden, 0.5, generator=generator, class_tokens=class_tokens)
+        kept = dropped.shape[1] - class_tokens
         counts.add(kept)
-        assert 49 - int(0.5 * 49) <= kept <= 49
-        torch.testing.assert_close(dropped[:, 0], hidden[:, 0])
+        assert others - int(0.5 * others) <= kept <= others
+        torch.testing.assert_close(dropped[:, :class_tokens], hidden[:, :class_tokens])
         for b in range(2):
-            positions = (dropped[b, :, 0] - hidden[b, 0, 0]) / 3  # token index of each kept row
-            assert positions[0] == 0 and torch.all(positions[1:] > positions[:-1])  # unique, in order
-            torch.testing.assert_close(dropped[b], hidden[b, positions.long()])
+            positions = ((dropped[b, :, 0] - hidden[b, 0, 0]) / 3).long()  # token index of each kept row
+            assert torch.all(positions[1:] > positions[:-1])  # unique, in order
+            torch.testing.assert_close(dropped[b], hidden[b, positions])
+            first_kept.add(int(positions[0]))
     assert len(counts) > 5  # the ratio is random
+    # Only class tokens are always kept: without one, the first token is dropped like any other.
+    assert first_kept == {0} if class_tokens else len(first_kept) > 1
     with pytest.raises(ValueError, match="max_ratio"):
         drop_tokens(hidden, 1.0)

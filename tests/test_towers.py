@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import BOS, EOS, PAD, VOCAB, image_batch, text_batch, tiny_clip_config
 from peft import PeftModel, get_peft_model
+from test_data import random_image
 from torch.nn import functional as F
 from transformers import (
     AltCLIPConfig,
@@ -32,12 +33,14 @@ from transformers import (
     MetaClip2VisionConfig,
     MetaClip2VisionModelWithProjection,
     Siglip2Config,
+    Siglip2ImageProcessorPil,
     Siglip2Model,
     SiglipConfig,
     SiglipModel,
 )
 
 from peft_skip import SkipConfig, get_towers
+from peft_skip.data import ImageTransform
 from peft_skip.layer import SkipLayer
 from peft_skip.towers import DOCS_ADDING_A_FAMILY
 
@@ -385,15 +388,33 @@ def test_metaclip_2_pools_at_the_first_eos_even_when_its_id_is_2():
         )
 
 
-@pytest.mark.parametrize(
-    "family", [f for f in FAMILIES if f.has_text and not f.standalone and f.name != "siglip2"], ids=lambda f: f.name
-)
+def test_siglip2_image_inputs_are_the_image_processor_patches():
+    processor = Siglip2ImageProcessorPil(patch_size=4, max_num_patches=16)
+    images = [random_image(16, 16, seed=seed) for seed in range(2)]
+    expected = processor(images=images, return_tensors="pt")
+    assert expected["pixel_attention_mask"].all()  # a square image of the full grid has no padding patch
+    transform = ImageTransform.from_processor(processor, train=False)
+    assert transform.image_size == 16 and not transform.crop
+    model = next(f for f in FAMILIES if f.name == "siglip2").build("sdpa")
+    tower = get_towers(model).vision
+    inputs = tower.image_inputs(torch.stack([transform(image) for image in images]))
+    assert inputs.keys() == {"pixel_values", "spatial_shapes"}
+    torch.testing.assert_close(inputs["pixel_values"], expected["pixel_values"], atol=1e-5, rtol=1e-5)
+    assert torch.equal(inputs["spatial_shapes"], expected["spatial_shapes"])
+    with torch.no_grad():
+        full = model.get_image_features(**expected).pooler_output
+    torch.testing.assert_close(_deep_pass(tower, inputs, None, {}), full, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        tower.image_inputs(torch.zeros(1, 3, 10, 16))
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f.has_text and not f.standalone], ids=lambda f: f.name)
 def test_one_epoch_of_the_trainer(family, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from peft_skip.data import ImageDataset, ImageTransform
-    from peft_skip.trainer import SkipTrainer, TrainingArguments
+    from peft_skip.data import ImageDataset
+    from peft_skip.trainer import SkipTrainer, TrainingArguments, evaluate
 
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(6)]
@@ -402,10 +423,13 @@ def test_one_epoch_of_the_trainer(family, tmp_path):
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     args = TrainingArguments(output_dir=str(tmp_path), epochs=1, lr=1e-2, batch_size=2, progress=False)
     transform = ImageTransform(32, mean=(0.5,) * 3, std=(0.5,) * 3, train=True, seed=0)
-    SkipTrainer(model, args, train_set, text_batch(num=3, seed=1), transform).train()
+    prompts = text_batch(num=3, seed=1)
+    SkipTrainer(model, args, train_set, prompts, transform).train()
     changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
     assert any("vision_model" in n for n in changed) and any("text" in n for n in changed)
     assert (tmp_path / "adapter_model.safetensors").exists()
+    eval_transform = ImageTransform(32, mean=(0.5,) * 3, std=(0.5,) * 3, train=False)
+    assert evaluate(model, train_set, prompts, eval_transform)["num_images"] == len(train_set)
 
 
 def test_prompt_padding_follows_the_family():

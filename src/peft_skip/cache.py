@@ -294,7 +294,8 @@ class LayerCache:
             start = 0
             for batch in batches:
                 pixel_values = images(view, batch).to(device)
-                hidden = tower.run_layers(tower.embed(pixel_values=pixel_values), 0, skip_layers).to(dtype).cpu()
+                hidden = tower.embed(**tower.image_inputs(pixel_values))
+                hidden = tower.run_layers(hidden, 0, skip_layers).to(dtype).cpu()
                 if states is None:
                     states = _allocate(path, (views, len(indices), *hidden.shape[1:]), dtype)
                     nbytes = math.prod(states.shape) * hidden.element_size()
@@ -343,26 +344,32 @@ def _write(
         states[view, rows] = (hidden.view(torch.int16) if dtype == torch.bfloat16 else hidden).numpy()
 
 
-def drop_tokens(hidden: torch.Tensor, max_ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Drops a random fraction `r ~ U(0, max_ratio)` of the image tokens, keeping the class token.
+def drop_tokens(
+    hidden: torch.Tensor, max_ratio: float, generator: torch.Generator | None = None, class_tokens: int = 1
+) -> torch.Tensor:
+    """Drops a random fraction `r ~ U(0, max_ratio)` of the image tokens, keeping the class token(s).
 
     Every image of the batch keeps the same number of tokens (its own random subset, in the original order).
 
     Args:
-        hidden (`torch.Tensor`): Image states, class token first, shape `(B, T, D)`.
-        max_ratio (`float`): Largest fraction of the `T - 1` non-class tokens to drop, in `[0, 1)`; 0 drops none.
+        hidden (`torch.Tensor`): Image states, class tokens first, shape `(B, T, D)`.
+        max_ratio (`float`): Largest fraction of the `T - class_tokens` other tokens to drop, in `[0, 1)`; 0 drops
+            none.
         generator (`torch.Generator`, *optional*): Source of randomness (on the CPU).
+        class_tokens (`int`): Number of leading tokens always kept (1 for CLIP, 0 for SigLIP, which has none).
 
     Returns:
-        `torch.Tensor`: Shape `(B, 1 + kept, D)`.
+        `torch.Tensor`: Shape `(B, class_tokens + kept, D)`.
     """
     if not 0 <= max_ratio < 1:
         raise ValueError(f"max_ratio must lie in [0, 1), got {max_ratio}.")
     if max_ratio == 0:
         return hidden
     batch, tokens, _ = hidden.shape
+    others = tokens - class_tokens
     ratio = float(torch.rand((), generator=generator)) * max_ratio
-    kept = tokens - 1 - int(ratio * (tokens - 1))
-    order = torch.rand(batch, tokens - 1, generator=generator).argsort(dim=1)[:, :kept].sort(dim=1).values + 1
-    order = torch.cat([torch.zeros(batch, 1, dtype=torch.long), order], dim=1).to(hidden.device)
+    kept = others - int(ratio * others)
+    order = torch.rand(batch, others, generator=generator).argsort(dim=1)[:, :kept].sort(dim=1).values + class_tokens
+    leading = torch.arange(class_tokens).expand(batch, class_tokens)
+    order = torch.cat([leading, order], dim=1).to(hidden.device)
     return hidden.gather(1, order.unsqueeze(-1).expand(-1, -1, hidden.shape[2]))

@@ -499,9 +499,9 @@ def build_prompts(class_names: Sequence[str], template: str = "a photo of a {}."
 class ImageTransform:
     """CLIP preprocessing of a PIL image into a normalised (3, S, S) float tensor, with optional train augmentation.
 
-    Eval: resize the shortest side to S (bicubic), center crop S x S (or, with `crop=False`, resize straight to
-    S x S). Train: random resized crop (area `scale`, aspect ratio 3/4 to 4/3) to S x S, then a random horizontal
-    flip. Both normalise with `mean` and `std` after scaling to [0, 1].
+    Eval: resize the shortest side to S, center crop S x S (or, with `crop=False`, resize straight to S x S). Train:
+    random resized crop (area `scale`, aspect ratio 3/4 to 4/3) to S x S, then a random horizontal flip. Both
+    normalise with `mean` and `std` after scaling to [0, 1].
 
     Args:
         image_size: S, the side of the output.
@@ -510,6 +510,8 @@ class ImageTransform:
         scale: range of the crop's area, as a fraction of the image's, for the random resized crop.
         seed: seeds this transform's own generator, used when `__call__` gets none.
         crop: eval only: center crop after resizing the shortest side (CLIP) or resize to a square (SigLIP).
+        ratio: range of the crop's aspect ratio (width / height) for the random resized crop.
+        resample: PIL resampling filter of every resize (CLIP's and SigLIP's processors use bicubic).
     """
 
     def __init__(
@@ -522,6 +524,7 @@ class ImageTransform:
         seed: int | None = None,
         crop: bool = True,
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        resample: int = PIL.Image.BICUBIC,
     ):
         if len(mean) != 3 or len(std) != 3:
             raise ValueError(f"mean and std need 3 values each, got {list(mean)} and {list(std)}.")
@@ -534,18 +537,29 @@ class ImageTransform:
         self.scale = scale
         self.ratio = ratio
         self.crop = crop
+        self.resample = resample
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
     @classmethod
     def from_processor(cls, processor, train: bool, **kwargs) -> ImageTransform:
-        """Reads output size, mean and std from a `CLIPImageProcessor` (or a processor holding one)."""
+        """Reads output size, resampling, mean and std from an image processor (or a processor holding one).
+
+        A NaFlex processor (SigLIP 2) has no fixed size: the images become the largest square grid of its
+        `patch_size` patches that `max_num_patches` allows, resized without crop.
+        """
         image_processor = getattr(processor, "image_processor", processor)
-        crop_size = image_processor.crop_size if getattr(image_processor, "do_center_crop", False) else None
-        size = crop_size or image_processor.size
-        image_size = size.get("height") or size.get("shortest_edge")
-        if not image_size:
-            raise ValueError(f"Cannot read an image size from {type(image_processor).__name__} size {size}.")
-        kwargs.setdefault("crop", crop_size is not None)
+        if getattr(image_processor, "max_num_patches", None):
+            image_size = image_processor.patch_size * math.isqrt(image_processor.max_num_patches)
+            kwargs.setdefault("crop", False)
+        else:
+            crop_size = image_processor.crop_size if getattr(image_processor, "do_center_crop", False) else None
+            size = crop_size or image_processor.size
+            image_size = size.get("height") or size.get("shortest_edge")
+            if not image_size:
+                raise ValueError(f"Cannot read an image size from {type(image_processor).__name__} size {size}.")
+            kwargs.setdefault("crop", crop_size is not None)
+        if getattr(image_processor, "resample", None) is not None:
+            kwargs.setdefault("resample", int(image_processor.resample))
         return cls(image_size, image_processor.image_mean, image_processor.image_std, train, **kwargs)
 
     def __call__(self, image: PIL.Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -556,18 +570,18 @@ class ImageTransform:
         if self.train:
             generator = generator if generator is not None else self.generator
             left, top, width, height = self._random_crop_box(image.width, image.height, generator)
-            image = image.resize((size, size), PIL.Image.BICUBIC, box=(left, top, left + width, top + height))
+            image = image.resize((size, size), self.resample, box=(left, top, left + width, top + height))
             if torch.rand((), generator=generator) < 0.5:
                 image = image.transpose(PIL.Image.FLIP_LEFT_RIGHT)
         elif self.crop:
             short, long = min(image.size), max(image.size)
             resized_long = int(size * long / short)
             new_size = (size, resized_long) if image.width <= image.height else (resized_long, size)
-            image = image.resize(new_size, PIL.Image.BICUBIC)
+            image = image.resize(new_size, self.resample)
             left, top = (image.width - size) // 2, (image.height - size) // 2
             image = image.crop((left, top, left + size, top + size))
         else:
-            image = image.resize((size, size), PIL.Image.BICUBIC)
+            image = image.resize((size, size), self.resample)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
         return (pixels - self.mean) / self.std
 

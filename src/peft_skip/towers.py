@@ -38,6 +38,8 @@ class Tower:
     layers_path: str
     # Modules after the last layer; they are trained along with the deep layers.
     head_paths: tuple[str, ...]
+    # Leading tokens that summarise the input (CLIP's class token): token drop never drops them.
+    class_tokens: int = 0
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -67,6 +69,14 @@ class Tower:
     def padding(self) -> dict:
         """Keyword arguments for the tokenizer that pad prompts the way this (text) tower expects."""
         return {"padding": True}
+
+    def image_inputs(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The keyword inputs of `embed` (and of the model's `get_image_features`) for a batch of images.
+
+        Args:
+            pixel_values (`torch.Tensor`): Normalised images, shape `(batch, channels, height, width)`.
+        """
+        return {"pixel_values": pixel_values}
 
     def embed(self, **inputs: torch.Tensor) -> torch.Tensor:
         """Hidden states before layer 0, shape `(batch, tokens, hidden)`."""
@@ -126,6 +136,7 @@ class CLIPVisionTower(Tower):
     name = "vision"
     layers_path = "vision_model.encoder.layers"
     head_paths = ("vision_model.post_layernorm", "visual_projection")
+    class_tokens = 1
 
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         vision = self.model.vision_model
@@ -231,6 +242,29 @@ class Siglip2VisionTower(SiglipVisionTower):
 
     `attention_mask` of `run_layers` and `pool` is the processor's `pixel_attention_mask` `(batch, patches)`.
     """
+
+    def image_inputs(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """NaFlex inputs of same-sized images: each is one full grid of patches, so none is padding and no mask
+        is needed. The patches are laid out as the SigLIP 2 image processor lays them out.
+
+        Args:
+            pixel_values (`torch.Tensor`): Normalised images, shape `(batch, channels, height, width)`; height and
+                width must be multiples of the patch size.
+
+        Returns:
+            `dict`: `pixel_values` `(batch, patches, patch_size**2 * channels)` and `spatial_shapes` `(batch, 2)`.
+        """
+        patch = self.model.vision_model.embeddings.patch_size
+        batch, channels, height, width = pixel_values.shape
+        if height % patch or width % patch:
+            raise ValueError(
+                f"SigLIP 2 images must be a whole number of {patch}x{patch} patches, got {height}x{width} pixels; "
+                f"resize them to multiples of {patch}."
+            )
+        rows, cols = height // patch, width // patch
+        patches = pixel_values.reshape(batch, channels, rows, patch, cols, patch).permute(0, 2, 4, 3, 5, 1)
+        spatial_shapes = torch.tensor([[rows, cols]], device=pixel_values.device).expand(batch, 2)
+        return {"pixel_values": patches.reshape(batch, rows * cols, -1), "spatial_shapes": spatial_shapes}
 
     def embed(self, pixel_values: torch.Tensor, spatial_shapes: torch.Tensor) -> torch.Tensor:
         """Patch embeddings of `pixel_values` `(batch, patches, channels * patch_size**2)`, with position

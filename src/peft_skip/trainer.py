@@ -189,7 +189,7 @@ def skip_tuning_loss(
         generator (`torch.Generator`, *optional*): Randomness of the token drop.
     """
     vision, text = towers.vision, towers.text
-    image_states = drop_tokens(image_states, config.token_drop, generator)
+    image_states = drop_tokens(image_states, config.token_drop, generator, vision.class_tokens)
     hidden = vision.run_layers(image_states, config.tower_skip_layers("vision"), vision.num_layers)
     image_features = F.normalize(vision.pool(hidden), dim=-1)
     with torch.no_grad():
@@ -626,13 +626,14 @@ def evaluate(
     model.eval()
     device = next(model.parameters()).device
     base = model.get_base_model() if isinstance(model, PeftModel) else model
+    vision = get_towers(model).vision
     classes = text_features(model, prompts["input_ids"].to(device), prompts["attention_mask"].to(device))
     shard = range(state.process_index, len(dataset), state.num_processes)
     predictions = []
     for start in range(0, len(shard), batch_size):
         indices = shard[start : start + batch_size]
         pixels = torch.stack([transform(dataset.image(i)) for i in indices]).to(device)
-        images = F.normalize(_features(base.get_image_features(pixel_values=pixels)), dim=-1)
+        images = F.normalize(_features(base.get_image_features(**vision.image_inputs(pixels))), dim=-1)
         predictions.extend(zip(indices, (images @ classes.T.to(images.dtype)).argmax(-1).tolist(), strict=True))
     model.train(was_training)
     if state.num_processes > 1:
