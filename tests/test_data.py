@@ -344,12 +344,15 @@ def test_eval_transform_matches_clip_image_processor(size):
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_square_resize_transform_matches_a_processor_without_center_crop():
-    processor = CLIPImageProcessor(do_center_crop=False, size={"height": 20, "width": 20}, image_mean=[0.5] * 3)
+@pytest.mark.parametrize("resample", [PIL.Image.BICUBIC, PIL.Image.BILINEAR])
+def test_square_resize_transform_matches_a_processor_without_center_crop(resample):
+    processor = CLIPImageProcessor(
+        do_center_crop=False, size={"height": 20, "width": 20}, image_mean=[0.5] * 3, resample=resample
+    )
     image = random_image(41, 29)
     expected = processor(images=image, return_tensors="pt")["pixel_values"][0]
     transform = ImageTransform.from_processor(processor, train=False)
-    assert not transform.crop and transform.image_size == 20
+    assert not transform.crop and transform.image_size == 20 and transform.resample == resample
     torch.testing.assert_close(transform(image), expected, atol=1e-5, rtol=1e-5)
 
 
