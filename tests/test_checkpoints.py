@@ -197,6 +197,18 @@ def test_unknown_config_field_is_refused(saved):
     assert _untouched(base)
 
 
+def test_broken_config_json_names_the_file(saved):
+    path, _ = saved
+    config_file = path / "adapter_config.json"
+    config_file.write_text(config_file.read_text()[:-20])
+    with pytest.raises(ValueError, match=f"{config_file} is not valid JSON"):
+        SkipConfig.from_pretrained(path)
+    base = tiny_clip()
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        PeftModel.from_pretrained(base, path, config=SkipConfig.from_pretrained(path))
+    assert _untouched(base)
+
+
 def test_another_methods_adapter_is_refused(tmp_path):
     from peft import LoraConfig
 

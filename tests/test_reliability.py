@@ -138,14 +138,26 @@ def test_detect_anomaly_is_on_during_training(tiny_model, tmp_path, monkeypatch)
     assert seen == [True, False]
 
 
-def test_eval_of_a_corrupt_adapter_is_one_clear_line(tiny_model, tmp_path, capsys):
+def _truncate(path) -> None:
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+@pytest.mark.parametrize(
+    "file, damage, message",
+    [
+        ("adapter_model.safetensors", _truncate, "corrupt or truncated"),
+        ("adapter_config.json", _truncate, "adapter_config.json is not valid JSON"),
+        ("adapter_config.json", lambda path: path.write_text('{"peft_type": "LORA"}'), "a LORA adapter"),
+    ],
+    ids=["truncated-weights", "broken-json", "other-peft-type"],
+)
+def test_eval_of_a_damaged_adapter_is_one_clear_line(tiny_model, tmp_path, capsys, file, damage, message):
     assert _train(tiny_model, tmp_path, "--epochs", "1") == 0
-    weights = tmp_path / "adapter_model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-100])
+    damage(tmp_path / file)
     code = main(["eval", "--model", tiny_model, "--data", "digits", "--test-limit", "10", "--adapter", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert err[-1].startswith("peft-skip eval: error:") and "corrupt or truncated" in err[-1]
+    assert err[-1].startswith("peft-skip eval: error:") and message in err[-1]
 
 
 def test_a_new_run_into_a_used_directory_replaces_its_checkpoints(tiny_model, tmp_path):

@@ -216,7 +216,8 @@ def _eval_command(args: argparse.Namespace, adapter: str | None) -> int:
     if adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter)
+        # Read with Skip Tuning's own checks: peft's reader would fail on a broken file without naming it.
+        model = PeftModel.from_pretrained(model, adapter, config=SkipConfig.from_pretrained(adapter))
     model.to(accelerator.device)
     test = _test_set(args)
     result = _evaluate_classes(model, processor, test, None, _template(args), args.eval_batch_size)
