@@ -231,7 +231,8 @@ class SkipVariant(Method):
             return out.loss
         vision, text, skip = self.towers.vision, self.towers.text, self.config.skip_layers
         with torch.no_grad():
-            hidden = vision.run_layers(vision.embed(pixel_values=self.workload["train_pixels"][positions]), 0, skip)
+            hidden = vision.embed(**vision.image_inputs(self.workload["train_pixels"][positions]))
+            hidden = vision.run_layers(hidden, 0, skip)
         image = F.normalize(vision.pool(vision.run_layers(hidden, skip, vision.num_layers)), dim=-1)
         kept, targets = self.selector.select(image.detach(), self.prototypes, labels)
         input_ids, attention_mask = self.input_ids[kept], self.attention_mask[kept]
