@@ -20,6 +20,9 @@ setup(
         "pillow",
         "tqdm",
         "numpy",
+        # SigLIP's tokenizer (SentencePiece), for real checkpoints and `make_offline_model`.
+        "sentencepiece",
+        "protobuf",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist", "hypothesis", "ruff", "matplotlib", "scikit-learn"],

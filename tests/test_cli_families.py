@@ -15,8 +15,8 @@ FAMILIES = ["metaclip_2", "siglip", "chinese_clip", "altclip"]
 
 
 def test_every_offline_family_is_tested_end_to_end():
-    # CLIP runs end to end in test_cli.py.
-    assert set(OFFLINE_FAMILIES) == {"clip", *FAMILIES}
+    # CLIP runs end to end in test_cli.py; SigLIP 2 cannot be trained by the CLI yet (its NaFlex image inputs).
+    assert set(OFFLINE_FAMILIES) == {"clip", "siglip2", *FAMILIES}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -28,10 +28,10 @@ def test_make_train_eval(family, tmp_path):
     assert type(processor).__name__ == OFFLINE_FAMILIES[family].processor
     tokens = processor.tokenizer(["a photo of the number 7.", "a 7"], padding=True)
     special = OFFLINE_FAMILIES[family].tokens
-    assert processor.tokenizer.unk_token_id not in tokens["input_ids"][0]
+    assert special.unk not in processor.tokenizer.tokenize("a photo of the number 7.")
     assert tokens["input_ids"][1][-1] == processor.tokenizer.pad_token_id == model.config.text_config.pad_token_id
     assert processor.tokenizer.convert_ids_to_tokens(tokens["input_ids"][0][-1]) == special.eos
-    if special.bos is not None:
+    if special.starts_with_bos:
         assert processor.tokenizer.convert_ids_to_tokens(tokens["input_ids"][0][0]) == special.bos
 
     data = ["--data", "digits", "--test-limit", "20"]

@@ -7,10 +7,10 @@ import os
 import pytest
 import torch
 from test_data import random_image
-from transformers import AutoProcessor, AutoTokenizer, CLIPModel, CLIPProcessor
+from transformers import AutoModel, AutoProcessor, AutoTokenizer, CLIPModel, CLIPProcessor
 
-from peft_skip.data import FASHION_MNIST_CLASSES, build_prompts
-from peft_skip.offline import make_offline_model
+from peft_skip.data import FASHION_MNIST_CLASSES, TEMPLATES, build_prompts
+from peft_skip.offline import OFFLINE_FAMILIES, make_offline_model
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +41,9 @@ def test_offline_model_round_trip(offline_dir):
     assert (ids[torch.arange(len(ids)), lengths - 1] == text.eos_token_id).all()
     # exactly one EOS inside each prompt, so EOS pooling (first EOS) picks the end of the prompt
     assert (((ids == text.eos_token_id) & mask.bool()).sum(-1) == 1).all()
-    unk = tokenizer.convert_tokens_to_ids("<|unk|>")
-    assert not (ids == unk).any(), "prompt and class-name words are all in the vocabulary"
-    assert tokenizer.convert_ids_to_tokens(ids[0, 1 : lengths[0] - 1].tolist())[:5] == ["a", "photo", "of", "a", "t"]
-    assert tokenizer("An unseen WORD")["input_ids"][1:3] == [tokenizer.convert_tokens_to_ids("an"), unk]
+    pieces = tokenizer.convert_ids_to_tokens(ids[0, 1 : lengths[0] - 1].tolist())
+    assert pieces[:5] == ["a</w>", "photo</w>", "of</w>", "a</w>", "t</w>"]  # learned words are single BPE tokens
+    assert tokenizer.tokenize("An unseen WORD")[0] == "an</w>" and len(tokenizer.tokenize("unseen")) > 1
 
     with torch.no_grad():
         out = model(**batch)
@@ -63,15 +62,80 @@ def test_offline_model_is_seeded_and_loads_with_auto_tokenizer(offline_dir, tmp_
         AutoTokenizer.from_pretrained(again)("a photo")["input_ids"]
         == AutoTokenizer.from_pretrained(offline_dir)("a photo")["input_ids"]
     )
+    assert (
+        open(os.path.join(again, "tokenizer.json")).read() == open(os.path.join(offline_dir, "tokenizer.json")).read()
+    )
     with pytest.raises(ValueError, match="Unknown arch"):
         make_offline_model(str(tmp_path / "x"), "vit-h-14")
 
 
 def test_offline_vit_b_config_shapes():
-    from peft_skip.offline import _ARCHS, CLIP_VOCAB_SIZE, _word_tokenizer
+    from peft_skip.offline import _ARCHS, _clip_tokenizer, _corpus
 
     assert _ARCHS["vit-b-16"]["patch"] == 16 and _ARCHS["vit-b-32"]["patch"] == 32
-    tokenizer, vocab_size = _word_tokenizer(["cat"], CLIP_VOCAB_SIZE)
-    bos, eos = tokenizer.token_to_id("<|startoftext|>"), tokenizer.token_to_id("<|endoftext|>")
-    assert (vocab_size, bos, eos) == (49408, 49406, 49407)  # CLIP's own special-token ids
-    assert tokenizer.encode("a cat").ids[-1] == 49407
+    assert OFFLINE_FAMILIES["clip"].vocab_size == 49408
+    tokenizer = _clip_tokenizer(_corpus(["cat"]), 49408)
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (49406, 49407, 49407)
+    ids = tokenizer("a cat")["input_ids"]
+    assert (
+        ids[0] == 49406 and ids[-1] == 49407 and "".join(tokenizer.convert_ids_to_tokens(ids[1:-1])) == "a</w>cat</w>"
+    )
+
+
+# The tokenizer class AutoTokenizer loads for the real checkpoints in transformers 5.23 (SigLIP 2's Hub files name
+# GemmaTokenizer, which transformers replaces by its lowercasing subclass Siglip2Tokenizer), and whether it lowercases.
+REAL_TOKENIZERS = {
+    "clip": ("CLIPTokenizer", True),
+    "metaclip_2": ("XLMRobertaTokenizer", False),
+    "siglip": ("SiglipTokenizer", True),
+    "siglip2": ("Siglip2Tokenizer", True),
+    "chinese_clip": ("BertTokenizer", True),
+    "altclip": ("XLMRobertaTokenizer", False),
+}
+CLASSES = FASHION_MNIST_CLASSES + ["golden_retriever", *"0123456789"]
+
+
+@pytest.fixture(scope="module", params=sorted(OFFLINE_FAMILIES))
+def family_dir(request, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp(request.param))
+    return request.param, make_offline_model(out, "tiny", class_names=CLASSES, seed=0, family=request.param)
+
+
+def test_every_family_has_its_real_tokenizer(family_dir):
+    family, model_dir = family_dir
+    assert set(REAL_TOKENIZERS) == set(OFFLINE_FAMILIES)
+    tokenizer, processor = AutoTokenizer.from_pretrained(model_dir), AutoProcessor.from_pretrained(model_dir)
+    tokenizer_class, lowercases = REAL_TOKENIZERS[family]
+    assert type(tokenizer).__name__ == type(processor.tokenizer).__name__ == tokenizer_class
+    assert (tokenizer.tokenize("A Photo") == tokenizer.tokenize("a photo")) == lowercases
+
+    special = OFFLINE_FAMILIES[family].tokens
+    for template in TEMPLATES:
+        for prompt in build_prompts(CLASSES, template):
+            assert special.unk not in tokenizer.tokenize(prompt), prompt
+    ids = tokenizer(["a photo of a T-shirt/top.", "a 7"], padding=True)["input_ids"]
+    pad, eos = tokenizer.convert_tokens_to_ids([special.pad, special.eos])
+    assert tokenizer.convert_ids_to_tokens(ids[0][-1]) == special.eos and ids[0].count(eos) == 1
+    assert ids[1][-1] == pad and ids[1].index(eos) < len(ids[1]) - 1  # padded on the right
+    if special.starts_with_bos:
+        assert [ids[0][0], ids[1][0]] == tokenizer.convert_tokens_to_ids([special.bos] * 2)
+    elif special.bos is not None:
+        assert tokenizer.convert_tokens_to_ids(special.bos) not in ids[0] + ids[1]
+
+    text = AutoModel.from_pretrained(model_dir).config.text_config
+    assert text.pad_token_id == pad == tokenizer.pad_token_id and text.eos_token_id == eos
+    assert text.bos_token_id == (tokenizer.convert_tokens_to_ids(special.bos) if special.bos else None)
+    assert text.vocab_size == len(tokenizer) and tokenizer.model_max_length == OFFLINE_FAMILIES[family].max_length
+
+
+def test_every_family_runs_on_its_processor_output(family_dir):
+    family, model_dir = family_dir
+    model, processor = AutoModel.from_pretrained(model_dir), AutoProcessor.from_pretrained(model_dir)
+    prompts = build_prompts(["cat", "Ankle boot", "7"])
+    batch = processor(text=prompts, images=[random_image()] * 2, padding="max_length", return_tensors="pt")
+    assert batch["input_ids"].shape == (3, OFFLINE_FAMILIES[family].max_length)
+    with torch.no_grad():
+        out = model(**batch)
+    assert out.logits_per_image.shape == (2, 3) and torch.isfinite(out.logits_per_image).all()
+    if family == "siglip2":
+        assert batch["pixel_attention_mask"].shape == (2, model.config.vision_config.num_patches)

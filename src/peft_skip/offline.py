@@ -1,13 +1,16 @@
 """Model directories with random weights that load like real checkpoints, for machines without the Hugging Face Hub.
 
 `make_offline_model` writes a two-tower model of a real architecture (ViT-B/32, ViT-B/16 shapes, or a tiny one for
-tests) with its family's processor, so that every command and benchmark runs unchanged where no pretrained checkpoint
-can be downloaded. Their accuracies mean nothing.
+tests) with its family's processor and the tokenizer class the family's real checkpoints ship, trained offline on a
+small corpus, so that every command and benchmark runs unchanged where no pretrained checkpoint can be downloaded.
+Their accuracies mean nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import string
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,99 +33,222 @@ _ARCHS = {
     "vit-b-16": dict(text=(512, 2048, 12, 8), vision=(768, 3072, 12, 12), patch=16, image=224, projection=512),
     "tiny": dict(text=(32, 64, 4, 4), vision=(32, 64, 4, 4), patch=8, image=32, projection=16),
 }
-CLIP_VOCAB_SIZE = 49408
+
+
+def _corpus(class_names: Sequence[str]) -> list[str]:
+    """The texts the offline tokenizers learn their vocabulary from: prompt words, templates, digits, class prompts."""
+    templates = [template.replace("{}", " ") for template in TEMPLATES.values()]
+    return [_PROMPT_WORDS, *templates, " ".join("0123456789"), *build_prompts(class_names, "{}")]
+
+
+def _words(tokenizer, texts: Sequence[str]) -> list[str]:
+    """The distinct words of `texts` as the normalizer and pre-tokenizer of `tokenizer` (a `TokenizersBackend`) see
+    them, sorted."""
+    backend = tokenizer.backend_tokenizer
+    normalize = backend.normalizer.normalize_str if backend.normalizer else str
+    return sorted({word for text in texts for word, _ in backend.pre_tokenizer.pre_tokenize_str(normalize(text))})
+
+
+def _sentencepiece(texts: Sequence[str], **special_ids: int) -> bytes:
+    """A SentencePiece unigram model learned from `texts` (every character kept), with special pieces at
+    `special_ids` (e.g. `eos_id=1`; -1 leaves one out). SentencePiece training is deterministic.
+
+    Returns:
+        The serialized model (the content of an `spiece.model` file).
+    """
+    import io
+
+    import sentencepiece
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_writer=model,
+        vocab_size=100_000,
+        hard_vocab_limit=False,
+        character_coverage=1.0,
+        minloglevel=2,
+        **special_ids,
+    )
+    return model.getvalue()
+
+
+def _merges(words: Sequence[str]) -> list[tuple[str, str]]:
+    """BPE merges that build each word of `words` (lists of symbols) left to right, in order, without repeats.
+    (tokenizers' BPE trainer breaks ties between equally frequent pairs differently from run to run.)"""
+    merges = [("".join(word[:end]), word[end]) for word in words for end in range(1, len(word))]
+    return list(dict.fromkeys(merges))
+
+
+def _clip_tokenizer(texts: Sequence[str], vocab_size: int | None):
+    """CLIP's byte-level BPE with `</w>` word ends: the 256 bytes alone and at word end, then merges that build each
+    word of `texts`; `<|startoftext|>` / `<|endoftext|>` take the last two ids (49406 / 49407 at the real size)."""
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    merges = _merges([[*word[:-1], word[-1] + "</w>"] for word in _words(CLIPTokenizer(), texts)])
+    tokens = list(dict.fromkeys([*alphabet, *(a + "</w>" for a in alphabet), *("".join(pair) for pair in merges)]))
+    vocab_size = vocab_size or len(tokens) + 2
+    if len(tokens) + 2 > vocab_size:
+        raise ValueError(f"{len(tokens)} BPE tokens do not fit a vocabulary of {vocab_size}.")
+    vocab = {token: i for i, token in enumerate(tokens)}
+    vocab.update({"<|startoftext|>": vocab_size - 2, "<|endoftext|>": vocab_size - 1})
+    return CLIPTokenizer(vocab=vocab, merges=merges)
+
+
+def _xlm_roberta_tokenizer(texts: Sequence[str], vocab_size: int | None):
+    """XLM-R's SentencePiece unigram (also MetaCLIP 2's XLM-V), cased: `<s>` 0, `<pad>` 1, `</s>` 2, `<unk>` 3,
+    `<mask>` last."""
+    import sentencepiece
+    from transformers import XLMRobertaTokenizer
+
+    model = sentencepiece.SentencePieceProcessor(model_proto=_sentencepiece(texts, unk_id=0, bos_id=-1, eos_id=-1))
+    pieces = [(model.id_to_piece(i), model.get_score(i)) for i in range(1, model.get_piece_size())]
+    specials = [(token, 0.0) for token in ("<s>", "<pad>", "</s>", "<unk>")]
+    return XLMRobertaTokenizer(vocab=[*specials, *pieces, ("<mask>", 0.0)])
+
+
+def _bert_tokenizer(texts: Sequence[str], vocab_size: int | None):
+    """BERT's lowercasing WordPiece (ChineseCLIP), special tokens at the ids of `bert-base-chinese`: `[PAD]` 0,
+    `[UNK]` 100, `[CLS]` 101, `[SEP]` 102, `[MASK]` 103; every word of `texts` is one piece."""
+    from transformers import BertTokenizer
+
+    split = BertTokenizer().backend_tokenizer
+    words = {
+        word
+        for text in texts
+        for word, _ in split.pre_tokenizer.pre_tokenize_str(split.normalizer.normalize_str(text))
+    }
+    specials = ["[PAD]", *(f"[unused{i}]" for i in range(1, 100)), "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    return BertTokenizer(vocab={token: i for i, token in enumerate([*specials, *sorted(words)])})
+
+
+def _siglip_tokenizer(texts: Sequence[str], vocab_size: int | None):
+    """SigLIP's SentencePiece model (`spiece.model`): `<pad>` 0, `</s>` 1 (end and padding), `<unk>` 2, no
+    beginning token; trained on lowercase text without punctuation, as `SiglipTokenizer` canonicalizes it."""
+    from transformers import SiglipTokenizer
+
+    canonical = [" ".join(text.lower().translate(str.maketrans("", "", string.punctuation)).split()) for text in texts]
+    with tempfile.TemporaryDirectory() as tmp:
+        model_file = Path(tmp, "spiece.model")
+        model_file.write_bytes(_sentencepiece(canonical, pad_id=0, eos_id=1, unk_id=2, bos_id=-1))
+        return SiglipTokenizer(vocab_file=str(model_file))
+
+
+def _gemma_tokenizer(texts: Sequence[str], vocab_size: int | None):
+    """Gemma's BPE with byte fallback, as SigLIP 2 ships it: `<pad>` 0, `<eos>` 1, `<bos>` 2, `<unk>` 3, `<mask>` 4,
+    the 256 byte tokens, then pieces of lowercase words (`▁` marks a leading space); no `<bos>`, a closing `<eos>`,
+    padding on the right."""
+    from tokenizers import pre_tokenizers
+    from transformers import GemmaTokenizer
+
+    learner = GemmaTokenizer()
+    # Gemma reads a whole text as one pre-token; pieces are learned within words, as in the real one.
+    learner.backend_tokenizer.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
+    words = _words(learner, [text.lower() for text in texts])
+    merges = _merges([list(word) for word in words])
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", *(f"<0x{byte:02X}>" for byte in range(256))]
+    tokens = dict.fromkeys([*specials, *sorted({char for word in words for char in word}), *map("".join, merges)])
+    return GemmaTokenizer(
+        vocab={token: i for i, token in enumerate(tokens)},
+        merges=merges,
+        add_bos_token=False,
+        add_eos_token=True,
+        padding_side="right",
+    )
 
 
 @dataclass(frozen=True)
 class _SpecialTokens:
-    """A family's special tokens; `bos` is `None` where its tokenizer adds none (SigLIP)."""
+    """A family's special tokens (`bos` is `None` where the tokenizer has none) and whether texts start with `bos`."""
 
     bos: str | None
     eos: str
     pad: str
     unk: str
+    starts_with_bos: bool = True
 
 
 @dataclass(frozen=True)
 class _OfflineFamily:
-    """The transformers classes and tokens of one two-tower family, by name (imported when used)."""
+    """One two-tower family: its transformers classes by name (imported when used), the builder of the tokenizer class
+    its real checkpoints ship, `tokenizer(texts, vocab_size)` (only CLIP's places tokens by `vocab_size`), that
+    tokenizer's special tokens, the real text vocabulary size (used for the full-size archs) and text length."""
 
     config: str
     model: str
     processor: str
     image_processor: str
+    tokenizer: Callable
     tokens: _SpecialTokens
+    vocab_size: int
+    max_length: int
 
 
-_CLIP_TOKENS = _SpecialTokens("<|startoftext|>", "<|endoftext|>", "<|endoftext|>", "<|unk|>")
+_XLM_R_TOKENS = _SpecialTokens("<s>", "</s>", "<pad>", "<unk>")
 OFFLINE_FAMILIES = {
-    "clip": _OfflineFamily("CLIPConfig", "CLIPModel", "CLIPProcessor", "CLIPImageProcessor", _CLIP_TOKENS),
+    "clip": _OfflineFamily(
+        "CLIPConfig",
+        "CLIPModel",
+        "CLIPProcessor",
+        "CLIPImageProcessor",
+        _clip_tokenizer,
+        _SpecialTokens("<|startoftext|>", "<|endoftext|>", "<|endoftext|>", "<|endoftext|>"),
+        49408,
+        77,
+    ),
     "metaclip_2": _OfflineFamily(
-        "MetaClip2Config", "MetaClip2Model", "CLIPProcessor", "CLIPImageProcessor", _CLIP_TOKENS
+        "MetaClip2Config",
+        "MetaClip2Model",
+        "CLIPProcessor",
+        "CLIPImageProcessor",
+        _xlm_roberta_tokenizer,
+        _XLM_R_TOKENS,
+        901629,
+        77,
     ),
     "siglip": _OfflineFamily(
         "SiglipConfig",
         "SiglipModel",
         "SiglipProcessor",
         "SiglipImageProcessor",
-        _SpecialTokens(None, "</s>", "</s>", "<unk>"),
+        _siglip_tokenizer,
+        _SpecialTokens(None, "</s>", "</s>", "<unk>", starts_with_bos=False),
+        32000,
+        64,
+    ),
+    "siglip2": _OfflineFamily(
+        "Siglip2Config",
+        "Siglip2Model",
+        "Siglip2Processor",
+        "Siglip2ImageProcessor",
+        _gemma_tokenizer,
+        _SpecialTokens("<bos>", "<eos>", "<pad>", "<unk>", starts_with_bos=False),
+        256000,
+        64,
     ),
     "chinese_clip": _OfflineFamily(
         "ChineseCLIPConfig",
         "ChineseCLIPModel",
         "ChineseCLIPProcessor",
         "ChineseCLIPImageProcessor",
+        _bert_tokenizer,
         _SpecialTokens("[CLS]", "[SEP]", "[PAD]", "[UNK]"),
+        21128,
+        77,
     ),
     "altclip": _OfflineFamily(
         "AltCLIPConfig",
         "AltCLIPModel",
         "AltCLIPProcessor",
         "CLIPImageProcessor",
-        _SpecialTokens("<s>", "</s>", "<pad>", "<unk>"),
+        _xlm_roberta_tokenizer,
+        _XLM_R_TOKENS,
+        250002,
+        77,
     ),
 }
-
-
-def _word_tokenizer(class_names: Sequence[str], vocab_size: int | None, special: _SpecialTokens = _CLIP_TOKENS):
-    """A word-level `tokenizers.Tokenizer`: lowercase words, punctuation and single digits, wrapped in
-    `special.bos ... special.eos`. BOS and EOS take the last two ids of `vocab_size` (CLIP's 49406 / 49407 for the real
-    size), UNK and a separate PAD the ids after the words; unknown words map to UNK.
-
-    Returns:
-        The tokenizer and its vocabulary size.
-    """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-
-    normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation("isolated"), pre_tokenizers.Digits(True)]
-    )
-    texts = [_PROMPT_WORDS, *TEMPLATES.values(), "0 1 2 3 4 5 6 7 8 9", *build_prompts(class_names, "{}")]
-    words = sorted(
-        {word for text in texts for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))}
-        - {"{", "}"}
-    )
-    specials = list(dict.fromkeys([special.unk, special.pad, special.bos or special.eos, special.eos]))
-    vocab_size = vocab_size or len(words) + len(specials)
-    if len(words) + len(specials) > vocab_size:
-        raise ValueError(f"{len(words)} words do not fit a vocabulary of {vocab_size}.")
-    vocab = {word: i for i, word in enumerate(words)}
-    vocab[special.unk] = len(words)
-    if special.pad != special.eos:
-        vocab[special.pad] = len(words) + 1
-    if special.bos is not None:
-        vocab[special.bos] = vocab_size - 2
-    vocab[special.eos] = vocab_size - 1
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=special.unk))
-    tokenizer.normalizer = normalizer
-    tokenizer.pre_tokenizer = pre_tokenizer
-    wrapped = [special.bos] if special.bos is not None else []
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=" ".join([*wrapped, "$A", special.eos]),
-        special_tokens=[(token, vocab[token]) for token in [*wrapped, special.eos]],
-    )
-    return tokenizer, vocab_size
 
 
 def make_offline_model(
@@ -135,35 +261,32 @@ def make_offline_model(
     """Writes a two-tower checkpoint with random weights that loads like a real one, for machines without the hub.
 
     `AutoModel.from_pretrained(out_dir)` and `AutoProcessor.from_pretrained(out_dir)` load it. `family` is one of
-    `OFFLINE_FAMILIES` ("clip", "metaclip_2", "siglip", "chinese_clip", "altclip"); the model has that family's layout
-    with the sizes of `arch` ("vit-b-32", "vit-b-16", or "tiny": 4 layers of width 32, 32x32 images), the processor
-    the family's image preprocessing and a word-level tokenizer, with the family's special tokens, over common prompt
-    words and the words of `class_names` (other words become the unknown token). Accuracy numbers from it mean
+    `OFFLINE_FAMILIES` ("clip", "metaclip_2", "siglip", "siglip2", "chinese_clip", "altclip"); the model has that
+    family's layout with the sizes of `arch` ("vit-b-32", "vit-b-16", or "tiny": 4 layers of width 32, 32x32 images),
+    the processor the family's image preprocessing and the tokenizer class of the family's real checkpoints (CLIP's
+    byte-level BPE, XLM-R's unigram, SigLIP's SentencePiece, Gemma's BPE, BERT's WordPiece) with its special tokens
+    and their ids, trained here on common prompt words, the prompt templates, digits and the words of `class_names`,
+    so that these tokenize without the unknown token. The full-size archs have the real text vocabulary size (CLIP's
+    special tokens at its ids 49406 / 49407), the tiny one only the tokenizer's. Accuracy numbers from it mean
     nothing.
 
     Returns:
         `out_dir`.
     """
     import transformers
-    from transformers import PreTrainedTokenizerFast
 
     if arch not in _ARCHS:
         raise ValueError(f"Unknown arch {arch!r}; choose one of {sorted(_ARCHS)}.")
     if family not in OFFLINE_FAMILIES:
         raise ValueError(f"Unknown family {family!r}; choose one of {sorted(OFFLINE_FAMILIES)}.")
     spec, classes = _ARCHS[arch], OFFLINE_FAMILIES[family]
-    special = classes.tokens
-    tokenizer, vocab_size = _word_tokenizer(
-        list(class_names or []), None if arch == "tiny" else CLIP_VOCAB_SIZE, special
-    )
-    fast_tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token=special.bos,
-        eos_token=special.eos,
-        pad_token=special.pad,
-        unk_token=special.unk,
-        model_max_length=77,
-    )
+    tokenizer = classes.tokenizer(_corpus(list(class_names or [])), None if arch == "tiny" else classes.vocab_size)
+    tokenizer.model_max_length = classes.max_length
+    vocab_size = len(tokenizer) if arch == "tiny" else classes.vocab_size
+    ids = {
+        f"{name}_token_id": tokenizer.convert_tokens_to_ids(token) if token is not None else None
+        for name, token in [("bos", classes.tokens.bos), ("eos", classes.tokens.eos), ("pad", classes.tokens.pad)]
+    }
     text_width, text_mlp, text_layers, text_heads = spec["text"]
     vision_width, vision_mlp, vision_layers, vision_heads = spec["vision"]
     text_config = dict(
@@ -172,40 +295,50 @@ def make_offline_model(
         num_hidden_layers=text_layers,
         num_attention_heads=text_heads,
         vocab_size=vocab_size,
-        max_position_embeddings=77,
-        bos_token_id=fast_tokenizer.bos_token_id,
-        eos_token_id=fast_tokenizer.eos_token_id,
-        pad_token_id=fast_tokenizer.pad_token_id,
+        max_position_embeddings=classes.max_length,
+        **ids,
     )
     if family == "altclip":
         # RoBERTa position ids start after the padding id, so the table needs that many more rows.
-        text_config.update(max_position_embeddings=77 + fast_tokenizer.pad_token_id + 1, project_dim=text_width)
+        text_config.update(
+            max_position_embeddings=classes.max_length + ids["pad_token_id"] + 1, project_dim=text_width
+        )
+    image_size, patch_size = spec["image"], spec["patch"]
     vision_config = dict(
         hidden_size=vision_width,
         intermediate_size=vision_mlp,
         num_hidden_layers=vision_layers,
         num_attention_heads=vision_heads,
-        image_size=spec["image"],
-        patch_size=spec["patch"],
+        patch_size=patch_size,
     )
-    extra = {} if family == "siglip" else dict(projection_dim=spec["projection"])
+    image_processor_class = getattr(transformers, classes.image_processor)
+    processor_class = getattr(transformers, classes.processor)
+    if family == "siglip2":
+        # Siglip2Processor's own NaFlex defaults (patch 16, up to 256 patches, as the real checkpoints) override those
+        # of its image processor, so the model takes them whatever the arch's patch and image size.
+        patch_size, num_patches = (processor_class.images_kwargs[key] for key in ("patch_size", "max_num_patches"))
+        vision_config.update(patch_size=patch_size, num_patches=num_patches)
+        image_processor = image_processor_class(patch_size=patch_size, max_num_patches=num_patches)
+    elif family == "siglip":
+        vision_config.update(image_size=image_size)
+        image_processor = image_processor_class(size={"height": image_size, "width": image_size})
+    else:
+        vision_config.update(image_size=image_size)
+        image_processor = image_processor_class(
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+        )
+    extra = {} if family.startswith("siglip") else dict(projection_dim=spec["projection"])
     config = getattr(transformers, classes.config)(text_config=text_config, vision_config=vision_config, **extra)
     torch.manual_seed(seed)
     getattr(transformers, classes.model)(config).save_pretrained(out_dir)
-    image_size = spec["image"]
-    if family == "siglip":
-        image_processor = transformers.SiglipImageProcessor(size={"height": image_size, "width": image_size})
-    else:
-        image_processor = getattr(transformers, classes.image_processor)(
-            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-        )
-    processor = getattr(transformers, classes.processor)(image_processor=image_processor, tokenizer=fast_tokenizer)
+    processor = processor_class(image_processor=image_processor, tokenizer=tokenizer)
     processor.save_pretrained(out_dir)
     Path(out_dir, "README.md").write_text(
         f"# Offline {family} ({arch}) with RANDOM weights\n\n"
         f"Written by `peft_skip.offline.make_offline_model(arch={arch!r}, seed={seed}, family={family!r})` for "
-        "machines that cannot download pretrained checkpoints. The architecture matches the real model; the weights "
-        "are random and the tokenizer is a small word-level one, so it measures speed, memory and mechanics only: its "
-        "accuracy means nothing.\n"
+        "machines that cannot download pretrained checkpoints. The architecture, the tokenizer class and its special "
+        f"tokens match the real model; the weights are random and the tokenizer's vocabulary ({len(tokenizer)} "
+        "tokens) was learned from a few prompt and class-name words, so it measures speed, memory and mechanics only: "
+        "its accuracy means nothing.\n"
     )
     return out_dir
