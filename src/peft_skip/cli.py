@@ -417,9 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     offline = commands.add_parser(
         "make-offline-model",
         help="Write a model directory with RANDOM weights (for machines that cannot download checkpoints).",
-        description="Writes a CLIP-family model (random weights, real architecture), image processor and a small "
-        "word-level tokenizer that covers the prompt words and the class names of fashion-mnist, digits and any "
-        "--data.",
+        description="Writes a CLIP-family model (random weights, real architecture), its image processor and its "
+        "family's tokenizer class, learned offline from the prompt words and the class names of fashion-mnist, digits "
+        "and any --data.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     offline.add_argument("out_dir", help="Directory to write.")
