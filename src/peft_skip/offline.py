@@ -251,6 +251,11 @@ OFFLINE_FAMILIES = {
 }
 
 
+def _encoder(width: int, mlp: int, layers: int, heads: int) -> dict:
+    """The sizes of a transformer encoder, as the keyword arguments of a transformers text or vision config."""
+    return dict(hidden_size=width, intermediate_size=mlp, num_hidden_layers=layers, num_attention_heads=heads)
+
+
 def make_offline_model(
     out_dir: str,
     arch: str = "vit-b-32",
@@ -287,30 +292,16 @@ def make_offline_model(
         f"{name}_token_id": tokenizer.convert_tokens_to_ids(token) if token is not None else None
         for name, token in [("bos", classes.tokens.bos), ("eos", classes.tokens.eos), ("pad", classes.tokens.pad)]
     }
-    text_width, text_mlp, text_layers, text_heads = spec["text"]
-    vision_width, vision_mlp, vision_layers, vision_heads = spec["vision"]
     text_config = dict(
-        hidden_size=text_width,
-        intermediate_size=text_mlp,
-        num_hidden_layers=text_layers,
-        num_attention_heads=text_heads,
-        vocab_size=vocab_size,
-        max_position_embeddings=classes.max_length,
-        **ids,
+        _encoder(*spec["text"]), vocab_size=vocab_size, max_position_embeddings=classes.max_length, **ids
     )
     if family == "altclip":
         # RoBERTa position ids start after the padding id, so the table needs that many more rows.
         text_config.update(
-            max_position_embeddings=classes.max_length + ids["pad_token_id"] + 1, project_dim=text_width
+            max_position_embeddings=classes.max_length + ids["pad_token_id"] + 1, project_dim=spec["text"][0]
         )
     image_size, patch_size = spec["image"], spec["patch"]
-    vision_config = dict(
-        hidden_size=vision_width,
-        intermediate_size=vision_mlp,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=vision_heads,
-        patch_size=patch_size,
-    )
+    vision_config = dict(_encoder(*spec["vision"]), patch_size=patch_size)
     image_processor_class = getattr(transformers, classes.image_processor)
     processor_class = getattr(transformers, classes.processor)
     if family == "siglip2":
