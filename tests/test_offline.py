@@ -139,3 +139,29 @@ def test_every_family_runs_on_its_processor_output(family_dir):
     assert out.logits_per_image.shape == (2, 3) and torch.isfinite(out.logits_per_image).all()
     if family == "siglip2":
         assert batch["pixel_attention_mask"].shape == (2, model.config.vision_config.num_patches)
+
+
+@pytest.mark.parametrize("family", sorted(OFFLINE_FAMILIES))
+def test_full_size_towers_meet_in_one_feature_space(family):
+    """The ViT-B/16 configs give image and text features of one size (SigLIP, without projection, needs equal tower
+    widths). Built with one layer per tower and a vocabulary cut to the ids in use, to stay fast."""
+    import transformers
+
+    from peft_skip.offline import _ARCHS, _corpus, _model_config
+    from peft_skip.towers import get_towers
+
+    classes = OFFLINE_FAMILIES[family]
+    tokenizer = classes.tokenizer(_corpus(["cat"]), classes.vocab_size)
+    config = _model_config(family, "vit-b-16", tokenizer)
+    assert config.vision_config.hidden_size == _ARCHS["vit-b-16"]["vision"][0]
+    assert config.text_config.vocab_size == classes.vocab_size
+    for sub in (config.text_config, config.vision_config):
+        sub.num_hidden_layers = 1
+    config.text_config.vocab_size = min(classes.vocab_size, 50_000)  # every id the tokenizer uses is below it
+    model = getattr(transformers, classes.model)(config).eval()
+    ids = tokenizer(["a photo of a cat."], padding="max_length", return_tensors="pt")
+    size = 16 * 16 if family == "siglip2" else 224
+    with torch.no_grad():
+        text = model.get_text_features(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"])
+        image = model.get_image_features(**get_towers(model).vision.image_inputs(torch.zeros(1, 3, size, size)))
+    assert text.pooler_output.shape == image.pooler_output.shape

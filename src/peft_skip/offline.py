@@ -256,6 +256,71 @@ def _encoder(width: int, mlp: int, layers: int, heads: int) -> dict:
     return dict(hidden_size=width, intermediate_size=mlp, num_hidden_layers=layers, num_attention_heads=heads)
 
 
+def _naflex_patches(family: _OfflineFamily) -> tuple[int, int]:
+    """Patch size and patch count of a SigLIP 2 model. `Siglip2Processor`'s own NaFlex defaults (patch 16, up to 256
+    patches, as the real checkpoints) override those saved with its image processor, so the model takes them
+    whatever the arch's patch and image size."""
+    import transformers
+
+    kwargs = getattr(transformers, family.processor).images_kwargs
+    return kwargs["patch_size"], kwargs["max_num_patches"]
+
+
+def _model_config(family: str, arch: str, tokenizer):
+    """The transformers config of an offline model of `family` with the sizes of `arch`.
+
+    Args:
+        family (`str`): A key of `OFFLINE_FAMILIES`.
+        arch (`str`): `vit-b-32`, `vit-b-16` or `tiny`.
+        tokenizer: The family's tokenizer; gives the special token ids (and the vocabulary size of `tiny`).
+    """
+    import transformers
+
+    spec, classes = _ARCHS[arch], OFFLINE_FAMILIES[family]
+    # SigLIP compares the towers' pooled states directly (no projection): the text tower takes the vision sizes, as
+    # in the real checkpoints.
+    projected = not family.startswith("siglip")
+    ids = {
+        f"{name}_token_id": tokenizer.convert_tokens_to_ids(token) if token is not None else None
+        for name, token in [("bos", classes.tokens.bos), ("eos", classes.tokens.eos), ("pad", classes.tokens.pad)]
+    }
+    text_config = dict(
+        _encoder(*spec["text" if projected else "vision"]),
+        vocab_size=len(tokenizer) if arch == "tiny" else classes.vocab_size,
+        max_position_embeddings=classes.max_length,
+        **ids,
+    )
+    if family == "altclip":
+        # RoBERTa position ids start after the padding id, so the table needs that many more rows.
+        text_config.update(
+            max_position_embeddings=classes.max_length + ids["pad_token_id"] + 1, project_dim=spec["text"][0]
+        )
+    vision_config = _encoder(*spec["vision"])
+    if family == "siglip2":
+        patch_size, num_patches = _naflex_patches(classes)
+        vision_config.update(patch_size=patch_size, num_patches=num_patches)
+    else:
+        vision_config.update(patch_size=spec["patch"], image_size=spec["image"])
+    extra = dict(projection_dim=spec["projection"]) if projected else {}
+    return getattr(transformers, classes.config)(text_config=text_config, vision_config=vision_config, **extra)
+
+
+def _image_processor(family: str, arch: str):
+    """The family's image processor for images of `arch`'s size (SigLIP 2: its NaFlex patches)."""
+    import transformers
+
+    classes, image_size = OFFLINE_FAMILIES[family], _ARCHS[arch]["image"]
+    image_processor_class = getattr(transformers, classes.image_processor)
+    if family == "siglip2":
+        patch_size, num_patches = _naflex_patches(classes)
+        return image_processor_class(patch_size=patch_size, max_num_patches=num_patches)
+    if family == "siglip":
+        return image_processor_class(size={"height": image_size, "width": image_size})
+    return image_processor_class(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+
+
 def make_offline_model(
     out_dir: str,
     arch: str = "vit-b-32",
@@ -284,45 +349,14 @@ def make_offline_model(
         raise ValueError(f"Unknown arch {arch!r}; choose one of {sorted(_ARCHS)}.")
     if family not in OFFLINE_FAMILIES:
         raise ValueError(f"Unknown family {family!r}; choose one of {sorted(OFFLINE_FAMILIES)}.")
-    spec, classes = _ARCHS[arch], OFFLINE_FAMILIES[family]
+    classes = OFFLINE_FAMILIES[family]
     tokenizer = classes.tokenizer(_corpus(list(class_names or [])), None if arch == "tiny" else classes.vocab_size)
     tokenizer.model_max_length = classes.max_length
-    vocab_size = len(tokenizer) if arch == "tiny" else classes.vocab_size
-    ids = {
-        f"{name}_token_id": tokenizer.convert_tokens_to_ids(token) if token is not None else None
-        for name, token in [("bos", classes.tokens.bos), ("eos", classes.tokens.eos), ("pad", classes.tokens.pad)]
-    }
-    text_config = dict(
-        _encoder(*spec["text"]), vocab_size=vocab_size, max_position_embeddings=classes.max_length, **ids
-    )
-    if family == "altclip":
-        # RoBERTa position ids start after the padding id, so the table needs that many more rows.
-        text_config.update(
-            max_position_embeddings=classes.max_length + ids["pad_token_id"] + 1, project_dim=spec["text"][0]
-        )
-    image_size, patch_size = spec["image"], spec["patch"]
-    vision_config = dict(_encoder(*spec["vision"]), patch_size=patch_size)
-    image_processor_class = getattr(transformers, classes.image_processor)
-    processor_class = getattr(transformers, classes.processor)
-    if family == "siglip2":
-        # Siglip2Processor's own NaFlex defaults (patch 16, up to 256 patches, as the real checkpoints) override those
-        # of its image processor, so the model takes them whatever the arch's patch and image size.
-        patch_size, num_patches = (processor_class.images_kwargs[key] for key in ("patch_size", "max_num_patches"))
-        vision_config.update(patch_size=patch_size, num_patches=num_patches)
-        image_processor = image_processor_class(patch_size=patch_size, max_num_patches=num_patches)
-    elif family == "siglip":
-        vision_config.update(image_size=image_size)
-        image_processor = image_processor_class(size={"height": image_size, "width": image_size})
-    else:
-        vision_config.update(image_size=image_size)
-        image_processor = image_processor_class(
-            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-        )
-    extra = {} if family.startswith("siglip") else dict(projection_dim=spec["projection"])
-    config = getattr(transformers, classes.config)(text_config=text_config, vision_config=vision_config, **extra)
+    config = _model_config(family, arch, tokenizer)
     torch.manual_seed(seed)
     getattr(transformers, classes.model)(config).save_pretrained(out_dir)
-    processor = processor_class(image_processor=image_processor, tokenizer=tokenizer)
+    processor_class = getattr(transformers, classes.processor)
+    processor = processor_class(image_processor=_image_processor(family, arch), tokenizer=tokenizer)
     processor.save_pretrained(out_dir)
     Path(out_dir, "README.md").write_text(
         f"# Offline {family} ({arch}) with RANDOM weights\n\n"
