@@ -186,11 +186,15 @@ def test_truncated_weights_fail_before_the_model_is_touched(saved, keep):
     assert _untouched(base)
 
 
+def _edit_config(path, **fields) -> None:
+    """Sets `fields` in the saved adapter_config.json."""
+    config = json.loads((path / "adapter_config.json").read_text())
+    (path / "adapter_config.json").write_text(json.dumps({**config, **fields}))
+
+
 def test_unknown_config_field_is_refused(saved):
     path, _ = saved
-    config = json.loads((path / "adapter_config.json").read_text())
-    config["skip_layerz"] = 3
-    (path / "adapter_config.json").write_text(json.dumps(config))
+    _edit_config(path, skip_layerz=3)
     base = tiny_clip()
     with pytest.raises(ValueError, match=r"does not know: \['skip_layerz'\]"):
         PeftModel.from_pretrained(base, path)
@@ -219,9 +223,7 @@ def test_another_methods_adapter_is_refused(tmp_path):
 
 def test_tensors_of_the_wrong_shape_are_refused(saved):
     path, _ = saved
-    config = json.loads((path / "adapter_config.json").read_text())
-    config["skip_layers"] = 1  # the file holds layers 2..3 only
-    (path / "adapter_config.json").write_text(json.dumps(config))
+    _edit_config(path, skip_layers=1)  # the file holds layers 2..3 only
     base = tiny_clip()
     with pytest.raises(ValueError, match="do not fit this model: .* missing"):
         PeftModel.from_pretrained(base, path)

@@ -114,14 +114,9 @@ def _bert_tokenizer(texts: Sequence[str], vocab_size: int | None):
     `[UNK]` 100, `[CLS]` 101, `[SEP]` 102, `[MASK]` 103; every word of `texts` is one piece."""
     from transformers import BertTokenizer
 
-    split = BertTokenizer().backend_tokenizer
-    words = {
-        word
-        for text in texts
-        for word, _ in split.pre_tokenizer.pre_tokenize_str(split.normalizer.normalize_str(text))
-    }
     specials = ["[PAD]", *(f"[unused{i}]" for i in range(1, 100)), "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    return BertTokenizer(vocab={token: i for i, token in enumerate([*specials, *sorted(words)])})
+    words = _words(BertTokenizer(), texts)
+    return BertTokenizer(vocab={token: i for i, token in enumerate([*specials, *words])})
 
 
 def _siglip_tokenizer(texts: Sequence[str], vocab_size: int | None):

@@ -209,15 +209,19 @@ class _SkipTuningStep(nn.Module):
     """The model plus what a step needs, so that Accelerate wraps one forward per step (DDP, autocast)."""
 
     def __init__(
-        self, model: PeftModel, text_cache: TextCache, prototypes: torch.Tensor, selector: ClassSelector
+        self,
+        model: PeftModel,
+        towers: Towers,
+        text_cache: TextCache,
+        prototypes: torch.Tensor,
+        selector: ClassSelector,
     ) -> None:
         super().__init__()
         self.model = model
+        self.towers = towers
         self.text_cache = text_cache
         self.prototypes = prototypes
         self.selector = selector
-        # Resolved once: the towers only hold references to the model's modules.
-        self.towers = get_towers(model)
 
     def forward(
         self, image_states: torch.Tensor, labels: torch.Tensor, scale: float, generator: torch.Generator
@@ -354,6 +358,8 @@ class SkipTrainer:
         self.config: SkipConfig = model.peft_config[model.active_adapter]
         self.accelerator = accelerator or make_accelerator(args.mixed_precision)
         self.labels = torch.as_tensor(train_set.labels)
+        # Resolved once (an unsupported model fails here): the towers only hold references to the model's modules.
+        self.towers = get_towers(model)
 
     def _images(self, key: int) -> Callable[[int, torch.Tensor], torch.Tensor]:
         """The augmented images of cache pass `key` (an epoch or a view): the same in every process."""
@@ -372,7 +378,7 @@ class SkipTrainer:
         state = self.accelerator.state
         shard = torch.arange(state.process_index, len(self.train_set), state.num_processes)
         return LayerCache.build(
-            get_towers(self.model).vision,
+            self.towers.vision,
             self._images(key),
             num_images=len(self.train_set),
             skip_layers=self.config.tower_skip_layers("vision"),
@@ -395,8 +401,8 @@ class SkipTrainer:
         device = self.accelerator.device
         input_ids = self.prompts["input_ids"].to(device)
         attention_mask = self.prompts["attention_mask"].to(device)
-        towers = get_towers(self.model)
-        text_cache = build_text_cache(towers.text, input_ids, attention_mask, self.config.tower_skip_layers("text"))
+        skip_layers = self.config.tower_skip_layers("text")
+        text_cache = build_text_cache(self.towers.text, input_ids, attention_mask, skip_layers)
         # Prototypes come from the pre-trained model, also when resuming with non-zero deltas.
         with self.model.disable_adapter():
             prototypes = text_features(self.model, input_ids, attention_mask)
@@ -492,7 +498,7 @@ class SkipTrainer:
         # The scheduler is stepped here once per optimiser step, so it is not handed to Accelerate (which would step
         # it once per process).
         step_module, optimizer = accelerator.prepare(
-            _SkipTuningStep(self.model, text_cache, prototypes.float(), selector), optimizer
+            _SkipTuningStep(self.model, self.towers, text_cache, prototypes.float(), selector), optimizer
         )
 
         cache = None
