@@ -133,7 +133,7 @@ def prepare(args: argparse.Namespace, work_dir: str) -> dict:
 
     from peft_skip.data import ImageTransform, build_prompts, load_fashion_mnist
     from peft_skip.offline import make_offline_model
-    from peft_skip.trainer import class_batches
+    from peft_skip.training_args import class_batches
 
     train, synthetic = training_set(args.classes, args.shots, args.seed)
     model_dir = args.arch

@@ -40,11 +40,6 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
 
 
-def _features(output) -> torch.Tensor:
-    # transformers 5 returns model outputs whose `pooler_output` holds the projected features.
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
-
-
 def _dir_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(".safetensors"))
 
@@ -87,12 +82,15 @@ class Method:
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalised image features `(B, d)` of pixels `(B, 3, S, S)`."""
-        return F.normalize(_features(self.base.get_image_features(pixel_values=pixels)), dim=-1)
+        from peft_skip.towers import get_towers
+
+        return get_towers(self.base).image_features(pixels)
 
     def class_features(self) -> torch.Tensor:
         """Normalised features `(C, d)` of every class."""
-        text = self.base.get_text_features(input_ids=self.input_ids, attention_mask=self.attention_mask)
-        return F.normalize(_features(text), dim=-1)
+        from peft_skip.towers import get_towers
+
+        return get_towers(self.base).text_features(self.input_ids, self.attention_mask)
 
     def loss(self, positions: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the batch of timed images at `positions`, shape `(B,)`."""
@@ -168,7 +166,7 @@ class CoOp(Method):
 class SkipVariant(Method):
     """Skip Tuning and its ablations: deltas on layers >= ω of both towers, with or without caches and CSkip.
 
-    With the cache, a step is `peft_skip.trainer.skip_tuning_loss` on cached states at layer ω; without it, the
+    With the cache, a step is `peft_skip.loss.skip_tuning_loss` on cached states at layer ω; without it, the
     shallow layers run (without gradients) every step, for every image and for the prompts of the kept classes.
     """
 
@@ -195,7 +193,7 @@ class SkipVariant(Method):
         )
 
     def build_cache(self, clock: Callable[[], float]) -> float | None:
-        from peft_skip.cache import LayerCache, build_text_cache
+        from peft_skip.cache import ImageCache, build_text_cache
 
         # The step validates them even when every class is kept, as the trainer does.
         with torch.no_grad(), self.model.disable_adapter():
@@ -204,7 +202,7 @@ class SkipVariant(Method):
             return 0.0
         pixels = self.workload["train_pixels"]
         start = clock()
-        self.image_cache = LayerCache.build(
+        self.image_cache = ImageCache.build(
             self.towers.vision,
             lambda view, indices: pixels[indices],
             num_images=len(pixels),
@@ -219,7 +217,7 @@ class SkipVariant(Method):
         return image_seconds
 
     def loss(self, positions: torch.Tensor) -> torch.Tensor:
-        from peft_skip.trainer import skip_tuning_loss
+        from peft_skip.loss import skip_tuning_loss
 
         labels = self.workload["train_labels"][positions]
         if self.use_cache:

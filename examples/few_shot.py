@@ -11,31 +11,29 @@ With a real checkpoint, replace the model directory by e.g. "openai/clip-vit-bas
 import tempfile
 
 from peft import get_peft_model
-from transformers import CLIPModel, CLIPProcessor
+from transformers import AutoModel, AutoProcessor
 
-from peft_skip import SkipConfig
-from peft_skip.data import ImageTransform, build_prompts, load_dataset_spec, sample_few_shot
+from peft_skip import SkipConfig, SkipTrainer, SkipTrainingArguments, evaluate_accuracy, tokenize_classes
+from peft_skip.data import ImageTransform, load_dataset_spec, sample_few_shot
 from peft_skip.offline import make_offline_model
-from peft_skip.trainer import SkipTrainer, TrainingArguments, evaluate
 
 work = tempfile.mkdtemp()
 model_dir = make_offline_model(f"{work}/clip-tiny", arch="tiny")  # random weights: accuracy means nothing
-model = CLIPModel.from_pretrained(model_dir)
-processor = CLIPProcessor.from_pretrained(model_dir)
+model = AutoModel.from_pretrained(model_dir)
+processor = AutoProcessor.from_pretrained(model_dir)
 
 train_set = sample_few_shot(load_dataset_spec("digits", "train"), shots=4, seed=0)
 test_set = load_dataset_spec("digits", "test")
-tokens = processor.tokenizer(build_prompts(train_set.class_names, "digits"), padding=True, return_tensors="pt")
-prompts = {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+prompts = tokenize_classes(model, processor.tokenizer, train_set.class_names, "digits")  # padded as the family needs
 eval_transform = ImageTransform.from_processor(processor, train=False)
 
 model = get_peft_model(model, SkipConfig(skip_layers=2, class_ratio=0.5))
 with model.disable_adapter():
-    zero_shot = evaluate(model, test_set, prompts, eval_transform)
+    zero_shot = evaluate_accuracy(model, test_set, prompts, eval_transform)
 
-args = TrainingArguments(output_dir=f"{work}/run", preset="few_shot", epochs=2, lr=1e-3)
+args = SkipTrainingArguments(output_dir=f"{work}/run", preset="few_shot", num_train_epochs=2, learning_rate=1e-3)
 result = SkipTrainer(model, args, train_set, prompts, ImageTransform.from_processor(processor, train=True)).train()
-tuned = evaluate(model, test_set, prompts, eval_transform)
+tuned = evaluate_accuracy(model, test_set, prompts, eval_transform)
 
 print(f"image cache {result.cache_bytes / 2**20:.2f} MiB, built in {result.cache_seconds:.1f} s")
 print(f"zero-shot {zero_shot['accuracy']:.3f} -> Skip Tuning {tuned['accuracy']:.3f} (random weights)")

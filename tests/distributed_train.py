@@ -8,13 +8,15 @@ import sys
 import torch
 from test_trainer import TensorImages, deltas, jitter, prompts, skip_model
 
-from peft_skip.trainer import SkipTrainer, TrainingArguments
+from peft_skip import SkipTrainer, SkipTrainingArguments
 
 
 def run(output_dir: str) -> dict[str, torch.Tensor]:
     """Two epochs, global batch 4, cache views; returns the deltas (saved by the main process to deltas.pt)."""
     model = skip_model()
-    args = TrainingArguments(output_dir=output_dir, epochs=2, lr=0.05, cache_mode="views", views=2, progress=False)
+    args = SkipTrainingArguments(
+        output_dir=output_dir, num_train_epochs=2, learning_rate=0.05, cache_mode="views", views=2, disable_tqdm=True
+    )
     trainer = SkipTrainer(model, args, TensorImages(per_class=5), prompts(), jitter)
     trainer.train()
     result = deltas(model)

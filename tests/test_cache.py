@@ -4,7 +4,8 @@ import pytest
 import torch
 from conftest import PAD, image_batch, text_batch, tiny_clip
 
-from peft_skip.cache import LayerCache, TextCache, build_text_cache, drop_tokens, human_bytes
+from peft_skip.cache import ImageCache, TextCache, build_text_cache, human_bytes
+from peft_skip.loss import drop_tokens
 from peft_skip.towers import get_towers
 
 NUM_IMAGES = 7
@@ -27,7 +28,7 @@ class Images:
 
 def build(model, **kwargs):
     kwargs = {"num_images": NUM_IMAGES, "skip_layers": 2, "batch_size": 3, **kwargs}
-    return LayerCache.build(get_towers(model).vision, kwargs.pop("images", Images()), **kwargs)
+    return ImageCache.build(get_towers(model).vision, kwargs.pop("images", Images()), **kwargs)
 
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])

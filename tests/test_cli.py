@@ -17,7 +17,7 @@ TRAIN = ["--data", "digits", "--shots", "4", "--skip-layers", "2", "--test-limit
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("model") / "tiny")
-    assert main(["make-offline-model", path, "--arch", "tiny"]) == 0
+    assert main(["make-offline-model", "--out", path, "--arch", "tiny"]) == 0
     return path
 
 
@@ -45,8 +45,9 @@ def test_train_eval_zero_shot(tiny_model, tmp_path, capsys):
 
     # `eval` reloads the adapter and reproduces the tuned accuracy; `zero-shot` the base model's.
     common = ["--model", tiny_model, "--data", "digits", "--test-limit", "60"]
-    assert main(["eval", *common, "--adapter", str(out), "--out", str(tmp_path / "eval.json")]) == 0
-    assert json.loads((tmp_path / "eval.json").read_text())["accuracy"] == metrics["tuned"]["accuracy"]
+    assert main(["eval", *common, "--adapter", str(out), "--out", str(tmp_path / "eval")]) == 0
+    eval_results = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    assert eval_results["accuracy"] == metrics["tuned"]["accuracy"]
     assert main(["zero-shot", *common]) == 0
     printed = capsys.readouterr().out
     report = json.loads(printed[printed.index("{") :])
@@ -61,7 +62,7 @@ def test_base_to_new_resume(tiny_model, tmp_path):
     assert set(metrics["tuned"]) == {"base", "new", "harmonic_mean"}
     assert set(metrics["tuned"]["base"]["per_class"]) <= {"0", "1", "2", "3", "4"}
     assert metrics["history"][0]["lr"] == pytest.approx(1e-6)  # warm-up epoch
-    assert metrics["training_arguments"]["lr"] == 2e-5
+    assert metrics["training_arguments"]["learning_rate"] == 2e-5
 
     # Resuming a finished run trains no further epoch and keeps its result.
     assert main([*args, "--resume"]) == 0

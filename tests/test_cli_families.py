@@ -22,7 +22,7 @@ def test_every_offline_family_is_tested_end_to_end():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_make_train_eval(family, tmp_path):
     model_dir, out = str(tmp_path / "model"), tmp_path / "run"
-    assert main(["make-offline-model", model_dir, "--arch", "tiny", "--family", family]) == 0
+    assert main(["make-offline-model", "--out", model_dir, "--arch", "tiny", "--family", family]) == 0
     model, processor = AutoModel.from_pretrained(model_dir), AutoProcessor.from_pretrained(model_dir)
     assert model.config.model_type == family
     assert type(processor).__name__ == OFFLINE_FAMILIES[family].processor
@@ -41,8 +41,7 @@ def test_make_train_eval(family, tmp_path):
     assert metrics["random_weights"] and metrics["tuned"]["num_images"] == 20
     assert len(metrics["history"]) == 1 and math.isfinite(metrics["history"][0]["loss"])
 
-    eval_json = tmp_path / "eval.json"
-    assert main(["eval", "--model", model_dir, *data, "--adapter", str(out), "--out", str(eval_json)]) == 0
-    result = json.loads(eval_json.read_text())
+    assert main(["eval", "--model", model_dir, *data, "--adapter", str(out), "--out", str(tmp_path / "eval")]) == 0
+    result = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
     assert result["accuracy"] == metrics["tuned"]["accuracy"]
     assert result["per_class"] == metrics["tuned"]["per_class"]

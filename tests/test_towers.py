@@ -413,15 +413,17 @@ def test_one_epoch_of_the_trainer(family, tmp_path):
     import numpy as np
     from PIL import Image
 
+    from peft_skip import SkipTrainer, SkipTrainingArguments, evaluate_accuracy
     from peft_skip.data import ImageDataset
-    from peft_skip.trainer import SkipTrainer, TrainingArguments, evaluate
 
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(6)]
     train_set = ImageDataset(["a", "b", "c"], images, [0, 0, 1, 1, 2, 2])
     model = get_peft_model(family.build("sdpa"), SkipConfig(skip_layers=SKIP, class_ratio=0.5))
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    args = TrainingArguments(output_dir=str(tmp_path), epochs=1, lr=1e-2, batch_size=2, progress=False)
+    args = SkipTrainingArguments(
+        output_dir=str(tmp_path), num_train_epochs=1, learning_rate=1e-2, batch_size=2, disable_tqdm=True
+    )
     transform = ImageTransform(32, mean=(0.5,) * 3, std=(0.5,) * 3, train=True, seed=0)
     prompts = text_batch(num=3, seed=1)
     SkipTrainer(model, args, train_set, prompts, transform).train()
@@ -429,7 +431,7 @@ def test_one_epoch_of_the_trainer(family, tmp_path):
     assert any("vision_model" in n for n in changed) and any("text" in n for n in changed)
     assert (tmp_path / "adapter_model.safetensors").exists()
     eval_transform = ImageTransform(32, mean=(0.5,) * 3, std=(0.5,) * 3, train=False)
-    assert evaluate(model, train_set, prompts, eval_transform)["num_images"] == len(train_set)
+    assert evaluate_accuracy(model, train_set, prompts, eval_transform)["num_images"] == len(train_set)
 
 
 def test_prompt_padding_follows_the_family():

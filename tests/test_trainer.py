@@ -15,15 +15,9 @@ from peft import get_peft_model, get_peft_model_state_dict
 from torch.nn import functional as F
 
 from peft_skip import SkipConfig
-from peft_skip.trainer import (
-    PRESETS,
-    NonFiniteLossError,
-    SkipTrainer,
-    TrainingArguments,
-    class_batches,
-    evaluate,
-    lr_lambda,
-)
+from peft_skip.evaluation import evaluate_accuracy
+from peft_skip.trainer import NonFiniteLossError, SkipTrainer
+from peft_skip.training_args import PRESETS, SkipTrainingArguments, class_batches, lr_lambda
 
 NUM_CLASSES = 3
 
@@ -64,11 +58,11 @@ def skip_model(seed: int = 0, **config) -> torch.nn.Module:
 
 
 def train(model, tmp_path, data=None, transform=jitter, resume=False, **args) -> SkipTrainer:
-    args = {"epochs": 3, "lr": 0.05, "progress": False, **args}
+    args = {"num_train_epochs": 3, "learning_rate": 0.05, "disable_tqdm": True, **args}
     trainer = SkipTrainer(
-        model, TrainingArguments(output_dir=str(tmp_path), **args), data or TensorImages(), prompts(), transform
+        model, SkipTrainingArguments(output_dir=str(tmp_path), **args), data or TensorImages(), prompts(), transform
     )
-    trainer.train(resume=resume)
+    trainer.train(resume_from_checkpoint=resume)
     return trainer
 
 
@@ -93,7 +87,17 @@ def test_one_step_equals_full_finetuning(tmp_path, skip_layers):
     lr = 0.5
     model = skip_model(skip_layers=skip_layers)
     # One epoch of one batch with every image; the cosine schedule starts at the full learning rate.
-    train(model, tmp_path, data, identity, epochs=1, lr=lr, batch_size=len(data), sampler="random", weight_decay=0.0)
+    train(
+        model,
+        tmp_path,
+        data,
+        identity,
+        num_train_epochs=1,
+        learning_rate=lr,
+        batch_size=len(data),
+        sampler="random",
+        weight_decay=0.0,
+    )
     tuned = model.merge_and_unload()
 
     reference = tiny_clip()
@@ -121,21 +125,21 @@ def test_one_step_equals_full_finetuning(tmp_path, skip_layers):
 
 
 def test_presets_and_overrides(tmp_path):
-    args = TrainingArguments(output_dir=str(tmp_path), preset="base_to_new")
-    assert (args.lr, args.epochs, args.warmup_epochs, args.warmup_lr) == (2e-5, 20, 1, 1e-6)
-    args = TrainingArguments(output_dir=str(tmp_path), preset="few_shot", epochs=3, lr=0.1)
-    assert (args.lr, args.epochs, args.warmup_epochs, args.batch_size) == (0.1, 3, 0, 4)
-    assert PRESETS["cross_dataset"].lr == 1e-5 and PRESETS["cross_dataset"].epochs == 20
+    args = SkipTrainingArguments(output_dir=str(tmp_path), preset="base_to_new")
+    assert (args.learning_rate, args.num_train_epochs, args.warmup_epochs, args.warmup_lr) == (2e-5, 20, 1, 1e-6)
+    args = SkipTrainingArguments(output_dir=str(tmp_path), preset="few_shot", num_train_epochs=3, learning_rate=0.1)
+    assert (args.learning_rate, args.num_train_epochs, args.warmup_epochs, args.batch_size) == (0.1, 3, 0, 4)
+    assert PRESETS["cross_dataset"].learning_rate == 1e-5 and PRESETS["cross_dataset"].num_train_epochs == 20
     with pytest.raises(ValueError, match="preset"):
-        TrainingArguments(output_dir=str(tmp_path), preset="zero_shot")
+        SkipTrainingArguments(output_dir=str(tmp_path), preset="zero_shot")
     with pytest.raises(ValueError, match="warmup_epochs"):
-        TrainingArguments(output_dir=str(tmp_path), epochs=1, warmup_epochs=1)
+        SkipTrainingArguments(output_dir=str(tmp_path), num_train_epochs=1, warmup_epochs=1)
 
 
 def test_schedule_warmup_then_cosine(tmp_path):
-    args = TrainingArguments(output_dir=str(tmp_path), preset="base_to_new", epochs=4)
+    args = SkipTrainingArguments(output_dir=str(tmp_path), preset="base_to_new", num_train_epochs=4)
     factor = lr_lambda(args, steps_per_epoch=10)
-    assert [factor(s) * args.lr for s in (0, 9)] == pytest.approx([1e-6, 1e-6])
+    assert [factor(s) * args.learning_rate for s in (0, 9)] == pytest.approx([1e-6, 1e-6])
     # After warm-up the cosine continues as if it had run from step 0.
     assert factor(10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 10 / 40)))
     values = [factor(s) for s in range(10, 40)]
@@ -145,7 +149,7 @@ def test_schedule_warmup_then_cosine(tmp_path):
     model = skip_model()
     trainer = SkipTrainer(
         model,
-        TrainingArguments(output_dir=str(tmp_path), epochs=2, lr=0.01, progress=False),
+        SkipTrainingArguments(output_dir=str(tmp_path), num_train_epochs=2, learning_rate=0.01, disable_tqdm=True),
         TensorImages(),
         prompts(),
         jitter,
@@ -190,7 +194,7 @@ def test_resume_equals_uninterrupted(tmp_path, cache_mode):
     with pytest.raises(KeyboardInterrupt):
         train(interrupted, tmp_path / "b", cache_mode=cache_mode, views=2)
     hook.remove()
-    assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["epoch-0002"]  # keep_checkpoints=1
+    assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["epoch-0002"]  # save_total_limit=1
 
     resumed = skip_model(class_ratio=0.5, token_drop=0.3)
     trainer = train(resumed, tmp_path / "b", cache_mode=cache_mode, views=2, resume=True)
@@ -199,10 +203,10 @@ def test_resume_equals_uninterrupted(tmp_path, cache_mode):
     for name in expected:
         # Resuming adds the saved deltas to the base weights: equal up to float rounding.
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
-    assert trainer.args.epochs == 3
+    assert trainer.args.num_train_epochs == 3
 
-    with pytest.raises(ValueError, match="arguments differ"):
-        train(skip_model(), tmp_path / "b", cache_mode=cache_mode, views=2, lr=0.5, resume=True)
+    with pytest.raises(ValueError, match="run differs"):
+        train(skip_model(), tmp_path / "b", cache_mode=cache_mode, views=2, learning_rate=0.5, resume=True)
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
@@ -225,7 +229,9 @@ def test_class_selection_and_adamw_train(tmp_path):
     data = TensorImages(per_class=2, num_classes=6)
     model = skip_model(class_ratio=0.3, max_classes=2)
     batch = text_batch(6, seed=1)
-    args = TrainingArguments(output_dir=str(tmp_path), epochs=2, lr=1e-3, optimizer="adamw", progress=False)
+    args = SkipTrainingArguments(
+        output_dir=str(tmp_path), num_train_epochs=2, learning_rate=1e-3, optim="adamw_torch", disable_tqdm=True
+    )
     history = SkipTrainer(model, args, data, batch, jitter).train().history
     assert len(history) == 2 and all(math.isfinite(h["loss"]) for h in history)
     assert any(v.abs().max() > 0 for v in deltas(model).values())
@@ -234,7 +240,7 @@ def test_class_selection_and_adamw_train(tmp_path):
 def test_evaluate_full_model(tmp_path):
     data = TensorImages()
     model = tiny_clip()
-    result = evaluate(model, data, prompts(), identity, batch_size=5)
+    result = evaluate_accuracy(model, data, prompts(), identity, batch_size=5)
     text = F.normalize(model.get_text_features(**prompts()).pooler_output, dim=-1)
     images = F.normalize(model.get_image_features(pixel_values=data.pixels).pooler_output, dim=-1)
     correct = (images @ text.T).argmax(-1) == torch.tensor(data.labels)
@@ -245,9 +251,11 @@ def test_evaluate_full_model(tmp_path):
 
 def test_bad_inputs(tmp_path):
     with pytest.raises(TypeError, match="get_peft_model"):
-        SkipTrainer(tiny_clip(), TrainingArguments(output_dir=str(tmp_path)), TensorImages(), prompts(), identity)
+        SkipTrainer(tiny_clip(), SkipTrainingArguments(output_dir=str(tmp_path)), TensorImages(), prompts(), identity)
     with pytest.raises(ValueError, match="one prompt per class"):
-        SkipTrainer(skip_model(), TrainingArguments(output_dir=str(tmp_path)), TensorImages(), text_batch(5), identity)
+        SkipTrainer(
+            skip_model(), SkipTrainingArguments(output_dir=str(tmp_path)), TensorImages(), text_batch(5), identity
+        )
 
 
 DISTRIBUTED = os.path.join(os.path.dirname(__file__), "distributed_train.py")

@@ -8,29 +8,34 @@ from .model import register
 
 register()
 
-from .cache import LayerCache, TextCache, build_text_cache, drop_tokens  # noqa: E402
+from .cache import ImageCache, TextCache, build_text_cache  # noqa: E402
 from .classes import ClassSelector, keep_count, rank_keep_probabilities  # noqa: E402
 from .config import SkipConfig  # noqa: E402
+from .evaluation import evaluate_accuracy, evaluate_protocol, tokenize_classes  # noqa: E402
+from .loss import drop_tokens, skip_tuning_loss  # noqa: E402
 from .model import SkipModel  # noqa: E402
 from .towers import Tower, Towers, get_towers  # noqa: E402
-from .trainer import SkipTrainer, TrainingArguments, evaluate, skip_tuning_loss  # noqa: E402
+from .trainer import SkipTrainer  # noqa: E402
+from .training_args import SkipTrainingArguments  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
     "ClassSelector",
-    "LayerCache",
+    "ImageCache",
     "SkipConfig",
     "SkipModel",
     "SkipTrainer",
+    "SkipTrainingArguments",
     "TextCache",
     "Tower",
     "Towers",
-    "TrainingArguments",
     "build_text_cache",
     "drop_tokens",
-    "evaluate",
+    "evaluate_accuracy",
+    "evaluate_protocol",
     "get_towers",
     "keep_count",
     "rank_keep_probabilities",
     "skip_tuning_loss",
+    "tokenize_classes",
 ]

@@ -1,7 +1,7 @@
 """LSkip: the hidden states at layer ω of both towers, computed once without gradients.
 
 The shallow layers are frozen, so their outputs only change when the inputs do: the text prompts never change
-(`TextCache`, built once), the images change with the augmentation (`LayerCache`, either rebuilt every epoch with
+(`TextCache`, built once), the images change with the augmentation (`ImageCache`, either rebuilt every epoch with
 `views=1` as the paper does, or built once with several augmented views that training then picks from).
 """
 
@@ -127,17 +127,17 @@ def _indices_digest(indices: torch.Tensor) -> str:
     return hashlib.sha256(indices.numpy().astype(np.int64).tobytes()).hexdigest()[:16]
 
 
-class LayerCache:
+class ImageCache:
     """Image states at layer ω: `V` augmented views of `n` images, `(T, D_v)` each.
 
-    Build it with [`LayerCache.build`]. The states live in memory, or in a memory-mapped `.npy` file when a
+    Build it with [`ImageCache.build`]. The states live in memory, or in a memory-mapped `.npy` file when a
     `cache_dir` is given, so a data set larger than RAM only costs the batches read from it.
 
     Attributes:
         indices (`torch.Tensor`): The (global) image indices held, ascending, shape `(n,)`.
         views (`int`): Number of augmented views of each image.
         dtype (`torch.dtype`): Storage dtype.
-        fingerprint (`dict`): What the states were computed from (see [`LayerCache.build`]).
+        fingerprint (`dict`): What the states were computed from (see [`ImageCache.build`]).
         path (`Path` or `None`): Directory of the files on disk, `None` in memory.
     """
 
@@ -216,7 +216,8 @@ class LayerCache:
         fingerprint: dict | None = None,
         batch_size: int = 32,
         indices: Sequence[int] | torch.Tensor | None = None,
-    ) -> LayerCache:
+        progress: bool = True,
+    ) -> ImageCache:
         """Runs the vision tower's embeddings and layers `[0, skip_layers)` on every view of every image.
 
         With a `cache_dir`, a complete cache built there from the same inputs is opened instead of recomputed.
@@ -243,6 +244,7 @@ class LayerCache:
                 added here.
             batch_size (`int`): Images per forward pass.
             indices (`Sequence[int]` or `torch.Tensor`, *optional*): Build only these images (a shard).
+            progress (`bool`): Show a progress bar.
         """
         _check_skip_layers(tower, skip_layers)
         if dtype not in _NUMPY_STORAGE:
@@ -276,9 +278,9 @@ class LayerCache:
             reason = _reuse_problem(path, key)
             if reason is None:
                 states = np.load(path / _STATES_FILE, mmap_mode="r")
-                logger.info(f"Reusing the layer cache at {path} ({human_bytes(states.nbytes)}).")
+                logger.info(f"Reusing the image cache at {path} ({human_bytes(states.nbytes)}).")
                 return cls(states, indices, num_images, dtype, key, path)
-            logger.info(f"Building the layer cache at {path}: {reason}.")
+            logger.info(f"Building the image cache at {path}: {reason}.")
             # The marker goes first so that a build interrupted from now on is never taken for a complete one.
             (path / _COMPLETE_FILE).unlink(missing_ok=True)
             if path.exists():
@@ -289,7 +291,12 @@ class LayerCache:
         device = _device_of(tower)
         batches = indices.split(batch_size)
         states = None
-        progress = tqdm(total=views * len(batches), desc=f"Layer cache ({tower.name} layers [0, {skip_layers}))")
+        bar = tqdm(
+            total=views * len(batches),
+            desc=f"Image cache ({tower.name} layers [0, {skip_layers}))",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
         for view in range(views):
             start = 0
             for batch in batches:
@@ -301,13 +308,13 @@ class LayerCache:
                     nbytes = math.prod(states.shape) * hidden.element_size()
                     where = f"on disk at {path}" if path else "in memory"
                     logger.info(
-                        f"Layer cache: {views} view(s) x {len(indices)} images x {hidden.shape[1]} tokens x "
+                        f"Image cache: {views} view(s) x {len(indices)} images x {hidden.shape[1]} tokens x "
                         f"{hidden.shape[2]} ({dtype}) = {human_bytes(nbytes)} {where}."
                     )
                 _write(states, view, slice(start, start + len(batch)), hidden, dtype)
                 start += len(batch)
-                progress.update()
-        progress.close()
+                bar.update()
+        bar.close()
         if path is not None:
             states.flush()
             (path / _COMPLETE_FILE).write_text("complete\n")
@@ -342,34 +349,3 @@ def _write(
         states[view, rows] = hidden
     else:
         states[view, rows] = (hidden.view(torch.int16) if dtype == torch.bfloat16 else hidden).numpy()
-
-
-def drop_tokens(
-    hidden: torch.Tensor, max_ratio: float, generator: torch.Generator | None = None, class_tokens: int = 1
-) -> torch.Tensor:
-    """Drops a random fraction `r ~ U(0, max_ratio)` of the image tokens, keeping the class token(s).
-
-    Every image of the batch keeps the same number of tokens (its own random subset, in the original order).
-
-    Args:
-        hidden (`torch.Tensor`): Image states, class tokens first, shape `(B, T, D)`.
-        max_ratio (`float`): Largest fraction of the `T - class_tokens` other tokens to drop, in `[0, 1)`; 0 drops
-            none.
-        generator (`torch.Generator`, *optional*): Source of randomness (on the CPU).
-        class_tokens (`int`): Number of leading tokens always kept (1 for CLIP, 0 for SigLIP, which has none).
-
-    Returns:
-        `torch.Tensor`: Shape `(B, class_tokens + kept, D)`.
-    """
-    if not 0 <= max_ratio < 1:
-        raise ValueError(f"max_ratio must lie in [0, 1), got {max_ratio}.")
-    if max_ratio == 0:
-        return hidden
-    batch, tokens, _ = hidden.shape
-    others = tokens - class_tokens
-    ratio = float(torch.rand((), generator=generator)) * max_ratio
-    kept = others - int(ratio * others)
-    order = torch.rand(batch, others, generator=generator).argsort(dim=1)[:, :kept].sort(dim=1).values + class_tokens
-    leading = torch.arange(class_tokens).expand(batch, class_tokens)
-    order = torch.cat([leading, order], dim=1).to(hidden.device)
-    return hidden.gather(1, order.unsqueeze(-1).expand(-1, -1, hidden.shape[2]))

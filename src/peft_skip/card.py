@@ -4,27 +4,25 @@ from __future__ import annotations
 
 from huggingface_hub import ModelCard
 
-from .config import METHOD_FIELDS
-
 SECTION = "## Skip Tuning adapter"
 
 
-def add_skip_section(card_path: str, config: dict) -> None:
+def add_skip_section(card_path: str, base: str | None, settings: dict) -> None:
     """Adds (once) a section on the Skip Tuning config and how to load the adapter to a peft model card.
 
     Args:
         card_path (`str`): The README.md peft wrote.
-        config (`dict`): The saved adapter_config.json.
+        base (`str`, *optional*): Name or directory of the base model.
+        settings (`dict`): The method's settings (`SkipConfig.method_settings()`).
     """
     card = ModelCard.load(card_path)
-    base = config.get("base_model_name_or_path")
     if base and not card.data.base_model:
         card.data.base_model = base
     if SECTION in card.text:
         card.save(card_path)
         return
     base = base or "<base model name or directory>"
-    settings = "\n".join(f"| `{key}` | `{config.get(key)}` |" for key in METHOD_FIELDS)
+    rows = "\n".join(f"| `{key}` | `{value}` |" for key, value in settings.items())
     section = f"""
 {SECTION}
 
@@ -34,7 +32,7 @@ trained layers; the base model's weights are not included.
 
 | setting | value |
 |---|---|
-{settings}
+{rows}
 
 ### How to load
 

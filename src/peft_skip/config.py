@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from peft.config import PeftConfig
 from peft.utils import PeftType
 
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, check_saved_config, read_tensor_shapes
+from .adapter_files import CONFIG_NAME, WEIGHTS_NAME, check_saved_config, read_tensor_shapes
+from .card import add_skip_section
 
-DELTA_DTYPES = ("float32", "float16", "bfloat16")
+# The floating-point dtypes tensors are stored in (deltas, caches), by name.
+StorageDtype = Literal["float32", "float16", "bfloat16"]
+STORAGE_DTYPES: tuple[str, ...] = get_args(StorageDtype)
 # The fields that describe the method (as opposed to peft bookkeeping); shown in model cards and run metrics.
 METHOD_FIELDS = (
     "skip_layers",
@@ -91,7 +93,7 @@ class SkipConfig(PeftConfig):
         default=True,
         metadata={"help": "True: the tuned weights start at the base weights. False: small random deltas (tests)."},
     )
-    delta_dtype: Literal["float32", "float16", "bfloat16"] = field(
+    delta_dtype: StorageDtype = field(
         default="float32", metadata={"help": "Dtype the deltas are stored in on disk: float32, float16 or bfloat16."}
     )
     base_model_fingerprint: dict | None = field(
@@ -104,6 +106,16 @@ class SkipConfig(PeftConfig):
     )
     # peft's injection reads `target_modules`; Skip Tuning derives its targets from the skip_layers instead.
     target_modules = None
+    saved_delta_shapes: dict[str, tuple[int, ...]] | None = field(
+        default=None,
+        init=False,
+        repr=False,
+        compare=False,
+        metadata={
+            "help": "Shapes of the deltas in the weights file next to a loaded config, so that the model refuses a "
+            "mismatch before it is touched; set by `from_pretrained`, never saved."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -127,7 +139,7 @@ class SkipConfig(PeftConfig):
             "class_decay", self.class_decay, _is_number(self.class_decay) and self.class_decay > 0, "a number > 0"
         )
         _require("token_drop", self.token_drop, _is_number(self.token_drop) and 0 <= self.token_drop < 1, "in [0, 1)")
-        _require("delta_dtype", self.delta_dtype, self.delta_dtype in DELTA_DTYPES, f"one of {DELTA_DTYPES}")
+        _require("delta_dtype", self.delta_dtype, self.delta_dtype in STORAGE_DTYPES, f"one of {STORAGE_DTYPES}")
 
     def tower_skip_layers(self, tower: str) -> int:
         """ω of the `"vision"` or `"text"` tower."""
@@ -149,8 +161,12 @@ class SkipConfig(PeftConfig):
         config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
         weights = os.path.join(directory, WEIGHTS_NAME)
         if is_local and os.path.isfile(weights):
-            # Not a dataclass field: used by SkipModel to check shapes before injecting, never saved.
-            config.checkpoint_shapes = read_tensor_shapes(weights)
+            config.saved_delta_shapes = read_tensor_shapes(weights)
+        return config
+
+    def to_dict(self) -> dict:
+        config = super().to_dict()
+        config.pop("saved_delta_shapes", None)
         return config
 
     def save_pretrained(self, save_directory: str, **kwargs) -> None:
@@ -158,7 +174,8 @@ class SkipConfig(PeftConfig):
         # peft writes the model card before the config, so the card can be completed here.
         card = os.path.join(save_directory, "README.md")
         if os.path.exists(card):
-            from .card import add_skip_section
+            add_skip_section(card, self.base_model_name_or_path, self.method_settings())
 
-            with open(os.path.join(save_directory, "adapter_config.json")) as f:
-                add_skip_section(card, json.load(f))
+    def method_settings(self) -> dict:
+        """The fields that describe the method (not peft's bookkeeping): for model cards and run metrics."""
+        return {name: getattr(self, name) for name in METHOD_FIELDS}

@@ -7,6 +7,8 @@ import hashlib
 import torch
 from torch import nn
 
+from .layer import PREFIX
+
 _SAMPLES_PER_TENSOR = 256
 _PROBES = 8
 # Relative distance under which two probes count as the same weights: loose enough for the same checkpoint in
@@ -25,7 +27,7 @@ def _base_parameters(model: nn.Module, adapter_prefix: str) -> list[tuple[str, t
 
 
 @torch.no_grad()
-def fingerprint(model: nn.Module, adapter_prefix: str = "skip_") -> dict:
+def fingerprint(model: nn.Module, adapter_prefix: str = PREFIX) -> dict:
     """Fingerprint of a model's base weights.
 
     Returns:

@@ -10,6 +10,10 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
+PREFIX = "skip_"  # peft's prefix of Skip Tuning's adapter attributes and state-dict keys
+TUNED = "skip_tuned"  # the trained copies of the parameters, in the model
+DELTA = "skip_delta"  # their differences to the base parameters, in checkpoints
+
 
 # `nn.ParameterDict` keys may not contain dots, but the parameters of a wrapped module with submodules (e.g.
 # `attention.out_proj.weight`) do. Attribute-style parameter names hold no "-", so the mapping is one-to-one.
@@ -38,7 +42,7 @@ class SkipLayer(nn.Module, BaseTunerLayer):
             random deltas (for tests).
     """
 
-    adapter_layer_names = ("skip_tuned",)
+    adapter_layer_names = (TUNED,)
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, init_weights: bool = True) -> None:
         super().__init__()

@@ -7,15 +7,11 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils import PeftType, register_peft_method
 from torch import nn
 
-from .checkpoint import check_deltas_fit
+from .adapter_files import check_deltas_fit
 from .config import SkipConfig
 from .fingerprint import fingerprint, fingerprint_mismatch
-from .layer import SkipLayer, parameter_name
+from .layer import DELTA, PREFIX, TUNED, SkipLayer, parameter_name
 from .towers import get_towers
-
-PREFIX = "skip_"
-TUNED = "skip_tuned"  # the trained copies of the parameters, in the model
-DELTA = "skip_delta"  # their differences to the base parameters, in checkpoints
 
 
 class SkipModel(BaseTuner):
@@ -59,7 +55,7 @@ class SkipModel(BaseTuner):
                     f"(base_model_name_or_path={config.base_model_name_or_path!r}): {reason}. Load it onto the "
                     "base model it was trained on, or set `verify_base_model=False` in its config to apply it anyway."
                 )
-        saved_shapes = getattr(config, "checkpoint_shapes", None)
+        saved_shapes = config.saved_delta_shapes
         if saved_shapes is not None:
             expected = {
                 f"base_model.model.{path}.{DELTA}.{name}": tuple(shape)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import string
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,6 +28,8 @@ flower food aircraft plane car texture satellite centered view aerial person doi
 animal bird dog cat object thing item handwritten digit number letter scene place style art video game embroidered
 hard see rendition weird cool nice my our your someone something
 """
+# Attribute of the model config that marks random weights; saved with the config, so it travels with the directory.
+RANDOM_WEIGHTS = "peft_skip_random_weights"
 _ARCHS = {
     "vit-b-32": dict(text=(512, 2048, 12, 8), vision=(768, 3072, 12, 12), patch=32, image=224, projection=512),
     "vit-b-16": dict(text=(512, 2048, 12, 8), vision=(768, 3072, 12, 12), patch=16, image=224, projection=512),
@@ -348,6 +350,7 @@ def make_offline_model(
     tokenizer = classes.tokenizer(_corpus(list(class_names or [])), None if arch == "tiny" else classes.vocab_size)
     tokenizer.model_max_length = classes.max_length
     config = _model_config(family, arch, tokenizer)
+    setattr(config, RANDOM_WEIGHTS, True)  # saved in config.json, read back by `has_random_weights`
     torch.manual_seed(seed)
     getattr(transformers, classes.model)(config).save_pretrained(out_dir)
     processor_class = getattr(transformers, classes.processor)
@@ -362,3 +365,28 @@ def make_offline_model(
         "its accuracy means nothing.\n"
     )
     return out_dir
+
+
+def has_random_weights(model) -> bool:
+    """Whether `model` was loaded from a directory written by `make_offline_model` (random weights)."""
+    return bool(getattr(model.config, RANDOM_WEIGHTS, False))
+
+
+@dataclass
+class OfflineModelArguments:
+    output_dir: str = field(metadata={"help": "Directory to write.", "aliases": ["--out"]})
+    arch: str = field(
+        default="vit-b-32",
+        metadata={"help": "Architecture (tiny: 4 layers of width 32, 32x32 images).", "choices": sorted(_ARCHS)},
+    )
+    family: str = field(
+        default="clip",
+        metadata={
+            "help": "Model family (`model_type`): its layout, image preprocessing and special tokens.",
+            "choices": sorted(OFFLINE_FAMILIES),
+        },
+    )
+    data: list[str] | None = field(
+        default=None, metadata={"help": "Also put these data sets' class names in the tokenizer's vocabulary."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the random weights."})

@@ -11,11 +11,13 @@ docs/supported_models.md for the families and how to add one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from peft import PeftModel
 from torch import nn
+from torch.nn import functional as F
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
 DOCS_ADDING_A_FAMILY = "docs/supported_models.md#adding-a-family"
@@ -69,6 +71,16 @@ class Tower:
     def padding(self) -> dict:
         """Keyword arguments for the tokenizer that pad prompts the way this (text) tower expects."""
         return {"padding": True}
+
+    def tokenize(self, tokenizer, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Token ids and attention mask of `texts`, padded as this (text) tower expects, each of shape `(C, L)`.
+
+        Args:
+            tokenizer: The model's tokenizer (e.g. `processor.tokenizer`).
+            texts (`Sequence[str]`): One prompt per class.
+        """
+        tokens = tokenizer(list(texts), return_tensors="pt", **self.padding())
+        return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
     def image_inputs(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
         """The keyword inputs of `embed` (and of the model's `get_image_features`) for a batch of images.
@@ -329,6 +341,32 @@ class Towers:
     text: Tower | None
     logit_scale: nn.Parameter | None
     logit_bias: nn.Parameter | None = None
+
+    # The full model's features (all layers, no cache): the only place that reads the model's feature outputs.
+
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Normalised text features of the full model, shape `(C, d)`.
+
+        Args:
+            input_ids (`torch.Tensor`): Token ids, shape `(C, L)`.
+            attention_mask (`torch.Tensor`): Padding mask, shape `(C, L)`.
+        """
+        output = self.text.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+        return F.normalize(_pooled(output), dim=-1)
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Normalised image features of the full model, shape `(B, d)`.
+
+        Args:
+            pixel_values (`torch.Tensor`): Normalised images, shape `(B, 3, H, W)`.
+        """
+        output = self.vision.model.get_image_features(**self.vision.image_inputs(pixel_values))
+        return F.normalize(_pooled(output), dim=-1)
+
+
+def _pooled(output) -> torch.Tensor:
+    # transformers 5 returns a model output whose `pooler_output` holds the projected features.
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
 # config.model_type -> (vision tower, text tower); `None` where the model has no such tower.

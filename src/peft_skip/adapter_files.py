@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -110,47 +109,3 @@ def check_deltas_fit(checkpoint: dict[str, tuple[int, ...]], expected: dict[str,
             "The adapter's tensors do not fit this model: " + "; ".join(problems) + ". Check that the adapter was "
             "saved from this architecture with the same skip_layers."
         )
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def publish(tmp: str, final: str) -> None:
-    """Moves the complete directory `tmp` to `final` once its files are on disk.
-
-    A crash before the rename leaves `final` as it was (and a stale `tmp`, ignored and overwritten by the next save);
-    a crash after it leaves the new `final`. An existing `final` (a checkpoint of an earlier run in the same
-    directory) is first renamed to `<final>.old.tmp`, which nothing reads, then removed.
-    """
-    for name in os.listdir(tmp):
-        _fsync(os.path.join(tmp, name))
-    _fsync(tmp)
-    old = final + ".old.tmp"
-    if os.path.exists(final):
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    _fsync(os.path.dirname(os.path.abspath(final)))
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def publish_files(tmp: str, directory: str) -> None:
-    """Moves every file of the complete directory `tmp` into `directory`, one atomic rename each, then removes `tmp`.
-
-    The weights go first and `adapter_config.json` last, so every file in `directory` is always whole: a crash
-    leaves the previous adapter, the new one, or (in the instant between two renames) new weights next to the
-    previous config - still loadable, and replaced by the next save.
-    """
-    names = sorted(os.listdir(tmp), key=lambda name: name == CONFIG_NAME)
-    for name in names:
-        _fsync(os.path.join(tmp, name))
-    os.makedirs(directory, exist_ok=True)
-    for name in names:
-        os.replace(os.path.join(tmp, name), os.path.join(directory, name))
-    _fsync(directory)
-    os.rmdir(tmp)

@@ -1,0 +1,68 @@
+"""What a command loads and evaluates: the model, the data, the evaluation's output. See `training_args.py` for how
+to train and `SkipConfig` for the method; the command line is generated from these dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .data import TEMPLATES, build_prompts
+
+
+@dataclass
+class ModelArguments:
+    model: str = field(
+        metadata={"help": "Model name on the Hub or a local directory (e.g. from `peft-skip make-offline-model`)."}
+    )
+
+
+@dataclass
+class DataArguments:
+    data: str = field(
+        metadata={
+            "help": "Data set: 'fashion-mnist', 'digits', 'hf:<name or saved dir>', 'imagefolder:<dir>', or an image "
+            "folder (one sub-folder per class, optionally under train/ and test/)."
+        }
+    )
+    template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Prompt template with one '{}', or a key of the built-in templates; default: the data set's, "
+            "else 'a photo of a {}.'."
+        },
+    )
+    split: str = field(default="test", metadata={"help": "Split evaluated on."})
+    test_limit: int | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluate on a fixed random subset of this many images (the same for every seed and command); "
+            "default: the whole split."
+        },
+    )
+    per_device_eval_batch_size: int = field(
+        default=64, metadata={"help": "Images per forward pass when evaluating.", "aliases": ["--eval-batch-size"]}
+    )
+
+    def __post_init__(self) -> None:
+        if self.test_limit is not None and self.test_limit < 1:
+            raise ValueError(f"test_limit={self.test_limit} is invalid; give a positive number of images or omit it.")
+        if self.per_device_eval_batch_size < 1:
+            raise ValueError(
+                f"per_device_eval_batch_size={self.per_device_eval_batch_size} is invalid; expected >= 1."
+            )
+        build_prompts(["class"], self.resolved_template())  # a bad template fails here, before any model is loaded
+
+    def resolved_template(self) -> str:
+        """The template given, else the data set's, else the default one."""
+        return self.template or TEMPLATES.get(self.data, TEMPLATES["default"])
+
+
+@dataclass
+class EvalArguments:
+    adapter: str | None = field(
+        default=None,
+        metadata={"help": "Skip Tuning adapter directory (from `peft-skip train`); without it, the base model."},
+    )
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "Write eval_results.json into this directory instead of printing it.", "aliases": ["--out"]},
+    )

@@ -1,0 +1,144 @@
+"""Accuracy of the full model (all layers, all classes of the split, one prompt per class, no cache).
+
+Covers the protocols of this line of work: plain accuracy (few-shot, cross-dataset, domain generalisation) and
+base-to-new (base accuracy among the base classes, new accuracy among the new ones, and their harmonic mean).
+Wrap a call in `model.disable_adapter()` for the zero-shot accuracy of the base model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
+from torch import nn
+
+from .data import build_prompts, subset_classes
+from .towers import get_towers
+
+
+def tokenize_classes(
+    model: nn.Module, tokenizer, class_names: Sequence[str], template: str
+) -> dict[str, torch.Tensor]:
+    """One prompt per class, tokenised and padded as the model's text tower expects.
+
+    Args:
+        model (`nn.Module`): A supported model, plain or wrapped by peft.
+        tokenizer: Its tokenizer.
+        class_names (`Sequence[str]`): The classes, in label order.
+        template (`str`): A key of `peft_skip.data.TEMPLATES` or a format string with one `{}`.
+
+    Returns:
+        `dict`: `input_ids` and `attention_mask`, each of shape `(C, L)`.
+    """
+    return get_towers(model).text.tokenize(tokenizer, build_prompts(class_names, template))
+
+
+@torch.no_grad()
+def evaluate_accuracy(
+    model: nn.Module,
+    dataset,
+    prompts: dict[str, torch.Tensor],
+    transform: Callable,
+    batch_size: int = 64,
+) -> dict:
+    """Accuracy of the full model on `dataset`, choosing among all of its classes.
+
+    Under `accelerate launch` every process classifies its shard of the images; all processes return the same result.
+
+    Args:
+        model (`nn.Module`): A supported model, plain or wrapped by peft.
+        dataset: An `ImageDataset` (`len`, `image(i)`, `labels`, `class_names`).
+        prompts (`dict[str, torch.Tensor]`): `input_ids` and `attention_mask` of one prompt per class, `(C, L)`.
+        transform (`Callable`): Evaluation transform `transform(pil_image)` -> `(3, S, S)`.
+        batch_size (`int`): Images per forward pass.
+
+    Returns:
+        `dict`: `accuracy`, `per_class` (class name -> accuracy), `num_images`.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} is invalid; expected an integer >= 1.")
+    state = PartialState()
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    towers = get_towers(model)
+    classes = towers.text_features(prompts["input_ids"].to(device), prompts["attention_mask"].to(device))
+    shard = range(state.process_index, len(dataset), state.num_processes)
+    predictions = []
+    for start in range(0, len(shard), batch_size):
+        indices = shard[start : start + batch_size]
+        images = towers.image_features(torch.stack([transform(dataset.image(i)) for i in indices]).to(device))
+        predictions.extend(zip(indices, (images @ classes.T.to(images.dtype)).argmax(-1).tolist(), strict=True))
+    model.train(was_training)
+    if state.num_processes > 1:
+        predictions = gather_object(predictions)
+    predictions = [p for _, p in sorted(predictions)]
+    return accuracy_report(predictions, list(dataset.labels), dataset.class_names)
+
+
+def accuracy_report(predictions: Sequence[int], references: Sequence[int], class_names: Sequence[str]) -> dict:
+    """Overall and per-class accuracy: plain fractions of correct predictions.
+
+    Args:
+        predictions (`Sequence[int]`): Predicted class of each image.
+        references (`Sequence[int]`): True class of each image.
+        class_names (`Sequence[str]`): Names of the classes, in label order.
+    """
+    predictions, references = torch.as_tensor(predictions), torch.as_tensor(references)
+    correct = predictions == references
+    per_class = {}
+    for c, name in enumerate(class_names):
+        mask = references == c
+        if mask.any():
+            per_class[name] = correct[mask].double().mean().item()
+    return {"accuracy": correct.double().mean().item(), "per_class": per_class, "num_images": len(references)}
+
+
+def harmonic_mean(base: float, new: float) -> float:
+    """HM of base and new accuracy, the headline number of base-to-new (0 if both are 0)."""
+    return 0.0 if base + new == 0 else 2 * base * new / (base + new)
+
+
+def evaluate_protocol(
+    model: nn.Module,
+    tokenizer,
+    dataset,
+    transform: Callable,
+    template: str,
+    base_new: tuple[Sequence[int], Sequence[int]] | None = None,
+    batch_size: int = 64,
+) -> dict:
+    """All-class accuracy, or for base-to-new the base and new accuracies and their harmonic mean.
+
+    Args:
+        model (`nn.Module`): A supported model, plain or wrapped by peft.
+        tokenizer: Its tokenizer.
+        dataset: The test `ImageDataset`.
+        transform (`Callable`): Evaluation transform.
+        template (`str`): Prompt template (see `tokenize_classes`).
+        base_new (`tuple`, *optional*): Base and new class indices; each group is tested on its own images, choosing
+            among its own classes.
+        batch_size (`int`): Images per forward pass.
+    """
+
+    def accuracy(classes: Sequence[int] | None) -> dict:
+        subset = dataset if classes is None else subset_classes(dataset, classes)
+        prompts = tokenize_classes(model, tokenizer, subset.class_names, template)
+        return evaluate_accuracy(model, subset, prompts, transform, batch_size)
+
+    if base_new is None:
+        return accuracy(None)
+    base, new = accuracy(base_new[0]), accuracy(base_new[1])
+    return {"base": base, "new": new, "harmonic_mean": harmonic_mean(base["accuracy"], new["accuracy"])}
+
+
+def summary(result: dict) -> str:
+    """One line for a result of `evaluate_protocol`."""
+    if "harmonic_mean" in result:
+        return (
+            f"base {100 * result['base']['accuracy']:.2f}%  new {100 * result['new']['accuracy']:.2f}%  "
+            f"HM {100 * result['harmonic_mean']:.2f}%"
+        )
+    return f"{100 * result['accuracy']:.2f}% ({result['num_images']} images)"
