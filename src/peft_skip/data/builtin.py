@@ -75,7 +75,12 @@ def _fashion_mnist_arrays(root: str, split: str) -> tuple[np.ndarray, np.ndarray
 
 
 def load_fashion_mnist(split: str = "train", root: str = "/usr/share/datasets/fashion-mnist") -> ImageDataset:
-    """Fashion-MNIST (10 classes, 28x28 grey) from the IDX files of Debian's `dataset-fashion-mnist`."""
+    """Fashion-MNIST (10 classes, 28x28 grey) from the IDX files of Debian's `dataset-fashion-mnist`.
+
+    Args:
+        split (`str`): `"train"` (60,000 images) or `"test"` (10,000).
+        root (`str`): Folder of the IDX files, gzip-compressed or not.
+    """
     if split not in ("train", "test"):
         raise ValueError(f"Fashion-MNIST has splits 'train' and 'test', not {split!r}.")
     images, labels = _fashion_mnist_arrays(os.fspath(root), split)
@@ -84,7 +89,12 @@ def load_fashion_mnist(split: str = "train", root: str = "/usr/share/datasets/fa
 
 
 def load_digits(split: str = "train", test_fraction: float = 0.3) -> ImageDataset:
-    """scikit-learn's handwritten digits (1797 8x8 grey images, 10 classes), split per class with a fixed seed."""
+    """scikit-learn's handwritten digits (1797 8x8 grey images, 10 classes), split per class with a fixed seed.
+
+    Args:
+        split (`str`): `"train"` or `"test"`; the two are disjoint and together hold every image.
+        test_fraction (`float`): Fraction of each class's images in the test split.
+    """
     if split not in ("train", "test"):
         raise ValueError(f"digits has splits 'train' and 'test', not {split!r}.")
     from sklearn.datasets import load_digits as sklearn_digits

@@ -99,6 +99,9 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
 
     Transparent images are put on a white background. 16- and 32-bit integer images are scaled from the 16-bit range
     (0-65535) to 8 bits, float images from 0-1 when all values lie in it, else from 0-255.
+
+    Args:
+        image (`PIL.Image.Image`): An image of any mode.
     """
     if image.mode == "RGB":
         return image
@@ -120,7 +123,11 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
 
 
 def read_image(path: str | os.PathLike) -> PIL.Image.Image:
-    """Reads an image file as RGB (EXIF orientation applied); an unreadable file raises an error naming it."""
+    """Reads an image file as RGB (EXIF orientation applied); an unreadable file raises an error naming it.
+
+    Args:
+        path (`str` or `os.PathLike`): The image file.
+    """
     try:
         with PIL.Image.open(path) as image:
             image.load()

@@ -21,7 +21,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 
 
 def load_image_folder(path: str | os.PathLike) -> ImageDataset:
-    """A folder with one sub-folder of images per class (searched recursively); class names are the sorted names."""
+    """A folder with one sub-folder of images per class (searched recursively); class names are the sorted names.
+
+    Args:
+        path (`str` or `os.PathLike`): The folder. Hidden entries and files without an image extension are skipped.
+    """
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"Image folder {os.fspath(path)!r} does not exist or is not a directory.")
@@ -83,6 +87,12 @@ def from_hf_dataset(
 
     Class names come from `class_names`, else from the label column's `ClassLabel` feature, else (string labels) from
     the sorted label strings. Integer labels without either need `class_names`.
+
+    Args:
+        dataset (`datasets.Dataset`): The rows; images are read from it row by row, when asked for.
+        image_column (`str`): Column of the images (PIL images, paths or `{"bytes", "path"}` dicts).
+        label_column (`str`): Column of the labels: class indices or class names.
+        class_names (`list[str]`, *optional*): Name of each class, overriding the dataset's own.
     """
     missing = [c for c in (image_column, label_column) if c not in dataset.column_names]
     if missing:
@@ -102,16 +112,16 @@ def from_hf_dataset(
             )
     if raw and isinstance(raw[0], str):
         if any(not isinstance(label, str) for label in raw):
-            raise TypeError(f"Label column {label_column!r} mixes strings and integers.")
+            raise TypeError(f"Label column {label_column!r} mixes strings and integers: use one type for every label.")
         names = list(class_names) if class_names is not None else sorted(set(raw))
         index = {name: i for i, name in enumerate(names)}
         unknown = sorted(set(raw) - index.keys())
         if unknown:
-            raise ValueError(f"Labels {unknown[:10]} are not in class_names {names}.")
+            raise ValueError(f"Labels {unknown[:10]} are not in class_names {names}: add them to class_names.")
         labels = [index[label] for label in raw]
     else:
         if any(isinstance(label, str) for label in raw):
-            raise TypeError(f"Label column {label_column!r} mixes strings and integers.")
+            raise TypeError(f"Label column {label_column!r} mixes strings and integers: use one type for every label.")
         names = list(class_names) if class_names is not None else feature_names
         if names is None:
             raise ValueError(
@@ -119,7 +129,10 @@ def from_hf_dataset(
                 "(prompts are built from them)."
             )
         if feature_names is not None and len(names) != len(feature_names):
-            raise ValueError(f"{len(names)} class_names given but the dataset's ClassLabel has {len(feature_names)}.")
+            raise ValueError(
+                f"{len(names)} class_names given but the dataset's ClassLabel has {len(feature_names)}: "
+                "give one name per class."
+            )
         unlabelled = [row for row, label in enumerate(raw) if label < 0]
         if unlabelled:
             raise ValueError(
@@ -141,7 +154,14 @@ def load_hf_dataset(
     data_dir: str | None = None,
 ) -> ImageDataset:
     """A split of an HF `datasets` dataset: a hub name, a builder such as `"imagefolder"` (with `data_dir`), or a
-    directory written by `save_to_disk`."""
+    directory written by `save_to_disk`.
+
+    Args:
+        name_or_path (`str`): Hub name, builder name, or directory written by `save_to_disk`.
+        split (`str`): The split to load.
+        image_column, label_column, class_names: as in `from_hf_dataset`.
+        data_dir (`str`, *optional*): Data directory of a builder (`"imagefolder"`).
+    """
     import datasets
 
     saved = Path(name_or_path)
@@ -153,7 +173,7 @@ def load_hf_dataset(
         loaded = datasets.load_from_disk(name_or_path)
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
-                raise ValueError(f"Split {split!r} not in {name_or_path!r}; splits: {list(loaded)}.")
+                raise ValueError(f"Split {split!r} not in {name_or_path!r}: use one of its splits {list(loaded)}.")
             loaded = loaded[split]
         dataset = loaded
     else:
@@ -161,6 +181,7 @@ def load_hf_dataset(
     return from_hf_dataset(dataset, image_column, label_column, class_names)
 
 
+# Datasets name their validation folder differently; either name finds it.
 _SPLIT_ALIASES = {"val": ("val", "validation", "valid"), "validation": ("validation", "val", "valid")}
 
 

@@ -28,8 +28,12 @@ TEMPLATES: dict[str, str] = {
 
 
 def build_prompts(class_names: Sequence[str], template: str = "a photo of a {}.") -> list[str]:
-    """One prompt per class: `template` (a key of `TEMPLATES` or a format string with one `{}`), underscores in
-    class names read as spaces."""
+    """One prompt per class; underscores in class names read as spaces.
+
+    Args:
+        class_names (`Sequence[str]`): Name of each class.
+        template (`str`): A key of `TEMPLATES` or a format string with exactly one `{}`.
+    """
     template = TEMPLATES.get(template, template)
     if template.count("{}") != 1:
         raise ValueError(

@@ -12,6 +12,11 @@ from .dataset import ImageDataset
 def sample_few_shot(dataset: ImageDataset, shots: int, seed: int) -> ImageDataset:
     """`shots` images of each class, drawn without replacement with `seed` (same seed, same images).
 
+    Args:
+        dataset (`ImageDataset`): The images to draw from.
+        shots (`int`): Number of images per class.
+        seed (`int`): Seed of the draw.
+
     Raises:
         ValueError: a class has no images, or fewer than `shots`.
     """
@@ -33,7 +38,14 @@ def sample_few_shot(dataset: ImageDataset, shots: int, seed: int) -> ImageDatase
 
 
 def split_base_new(class_names: Sequence[str]) -> tuple[list[int], list[int]]:
-    """Base-to-new protocol of CoOp / CoCoOp: the first ceil(C / 2) classes are base, the rest new."""
+    """Base-to-new protocol of CoOp / CoCoOp: the first ceil(C / 2) classes are base, the rest new.
+
+    Args:
+        class_names (`Sequence[str]`): The `C` classes, in the dataset's order.
+
+    Returns:
+        `(base, new)`: the class indices of each half.
+    """
     num_classes = len(class_names)
     if num_classes < 2:
         raise ValueError(f"A base/new split needs at least 2 classes, got {num_classes}.")
@@ -42,13 +54,21 @@ def split_base_new(class_names: Sequence[str]) -> tuple[list[int], list[int]]:
 
 
 def subset_classes(dataset: ImageDataset, classes: Sequence[int]) -> ImageDataset:
-    """The images of `classes` only, relabelled 0..k-1 in the order of `classes`, with those classes' names."""
+    """The images of `classes` only, relabelled 0..k-1 in the order of `classes`, with those classes' names.
+
+    Args:
+        dataset (`ImageDataset`): The images to keep from.
+        classes (`Sequence[int]`): Indices of the classes to keep, each once.
+    """
     classes = [int(c) for c in classes]
     if len(set(classes)) != len(classes):
-        raise ValueError(f"classes {classes} has duplicates.")
+        raise ValueError(f"classes {classes} has duplicates: list each class once.")
     bad = [c for c in classes if not 0 <= c < len(dataset.class_names)]
     if bad:
-        raise ValueError(f"classes {bad} out of range for {len(dataset.class_names)} classes.")
+        raise ValueError(
+            f"classes {bad} out of range for {len(dataset.class_names)} classes: use indices from 0 to "
+            f"{len(dataset.class_names) - 1}."
+        )
     new_label = {c: i for i, c in enumerate(classes)}
     keep = [i for i, label in enumerate(dataset.labels) if label in new_label]
     return ImageDataset(
