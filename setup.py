@@ -16,7 +16,9 @@ setup(
         "accelerate>=1.0",
         "safetensors>=0.4",
         "evaluate>=0.4",
+        # `peft_skip.data`: Hugging Face datasets (`hf:`, `imagefolder:`) and scikit-learn's digits (`--data digits`).
         "datasets>=3.0",
+        "scikit-learn",
         "pillow",
         "tqdm",
         "numpy",
@@ -25,7 +27,7 @@ setup(
         "protobuf",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist", "hypothesis", "ruff", "matplotlib", "scikit-learn"],
+        "test": ["pytest>=8", "pytest-xdist", "hypothesis", "ruff", "matplotlib"],
         "bench": ["matplotlib"],
     },
     entry_points={"console_scripts": ["peft-skip=peft_skip.cli:main"]},
