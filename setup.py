@@ -8,6 +8,8 @@ setup(
     long_description_content_type="text/markdown",
     package_dir={"": "src"},
     packages=find_packages("src"),
+    # Metric modules that `evaluate.load` reads from a directory: not packages, so listed as data.
+    package_data={"peft_skip.metrics": ["base_new_accuracy/*.py"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
@@ -15,8 +17,11 @@ setup(
         "peft>=0.21,<0.22",
         "accelerate>=1.0",
         "safetensors>=0.4",
+        # `peft_skip.metrics`: metric modules that `evaluate.load` reads from the installed package, offline.
         "evaluate>=0.4",
+        # `peft_skip.data`: Hugging Face datasets (`hf:`, `imagefolder:`) and scikit-learn's digits (`--data digits`).
         "datasets>=3.0",
+        "scikit-learn",
         "pillow",
         "tqdm",
         "numpy",
@@ -25,7 +30,7 @@ setup(
         "protobuf",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist", "hypothesis", "ruff", "matplotlib", "scikit-learn"],
+        "test": ["pytest>=8", "pytest-xdist", "hypothesis", "ruff", "matplotlib"],
         "bench": ["matplotlib"],
     },
     entry_points={"console_scripts": ["peft-skip=peft_skip.cli:main"]},

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from test_data import random_image
+from synthetic_images import random_image
 from transformers import AutoModel, AutoProcessor, AutoTokenizer, CLIPModel, CLIPProcessor
 
 from peft_skip.data import FASHION_MNIST_CLASSES, TEMPLATES, build_prompts

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import BOS, EOS, PAD, VOCAB, image_batch, text_batch, tiny_clip_config
 from peft import PeftModel, get_peft_model
-from test_data import random_image
+from synthetic_images import random_image
 from torch.nn import functional as F
 from transformers import (
     AltCLIPConfig,

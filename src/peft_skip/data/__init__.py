@@ -1,0 +1,43 @@
+"""Images, labels and class names for Skip Tuning.
+
+Every loader returns an `ImageDataset`: class names, one item per image (a file path, a PIL image, or a row of an
+array / HF dataset) and integer labels. Images are decoded lazily and always come back as RGB.
+
+| module | its one job |
+|---|---|
+| `dataset.py` | `ImageDataset` and decoding any image to RGB |
+| `loaders.py` | image folders, Hugging Face `datasets`, the CLI's `--dataset` spec |
+| `builtin.py` | the offline datasets: Fashion-MNIST (IDX files) and scikit-learn's digits |
+| `splits.py` | k-shot sampling, base/new class split, class subsets |
+| `prompts.py` | prompt templates and prompts from class names |
+| `transforms.py` | preprocessing and augmentation into `(3, S, S)` tensors |
+"""
+
+from .builtin import DIGITS_CLASSES, FASHION_MNIST_CLASSES, load_digits, load_fashion_mnist
+from .dataset import ImageDataset, ImageSource, read_image, to_rgb
+from .loaders import IMAGE_EXTENSIONS, from_hf_dataset, load_dataset_spec, load_hf_dataset, load_image_folder
+from .prompts import TEMPLATES, build_prompts
+from .splits import sample_few_shot, split_base_new, subset_classes
+from .transforms import ImageTransform
+
+__all__ = [
+    "DIGITS_CLASSES",
+    "FASHION_MNIST_CLASSES",
+    "IMAGE_EXTENSIONS",
+    "TEMPLATES",
+    "ImageDataset",
+    "ImageSource",
+    "ImageTransform",
+    "build_prompts",
+    "from_hf_dataset",
+    "load_dataset_spec",
+    "load_digits",
+    "load_fashion_mnist",
+    "load_hf_dataset",
+    "load_image_folder",
+    "read_image",
+    "sample_few_shot",
+    "split_base_new",
+    "subset_classes",
+    "to_rgb",
+]

@@ -1,0 +1,68 @@
+"""ImageTransform: eval preprocessing against transformers' processors, seeded train augmentation."""
+
+from __future__ import annotations
+
+import PIL.Image
+import pytest
+import torch
+from synthetic_images import random_image
+from transformers import CLIPImageProcessor
+
+from peft_skip.data import (
+    ImageTransform,
+)
+
+
+@pytest.mark.parametrize("size", [(50, 37), (37, 50), (32, 32)])
+def test_eval_transform_matches_clip_image_processor(size):
+    processor = CLIPImageProcessor(size={"shortest_edge": 24}, crop_size={"height": 24, "width": 24})
+    image = random_image(*size)
+    expected = processor(images=image, return_tensors="pt")["pixel_values"][0]
+    ours = ImageTransform.from_processor(processor, train=False)(image)
+    assert ours.shape == (3, 24, 24) and ours.dtype == torch.float32
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("resample", [PIL.Image.BICUBIC, PIL.Image.BILINEAR])
+def test_square_resize_transform_matches_a_processor_without_center_crop(resample):
+    processor = CLIPImageProcessor(
+        do_center_crop=False, size={"height": 20, "width": 20}, image_mean=[0.5] * 3, resample=resample
+    )
+    image = random_image(41, 29)
+    expected = processor(images=image, return_tensors="pt")["pixel_values"][0]
+    transform = ImageTransform.from_processor(processor, train=False)
+    assert not transform.crop and transform.image_size == 20 and transform.resample == resample
+    torch.testing.assert_close(transform(image), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_train_transform_is_seeded_and_augments():
+    transform = ImageTransform(16, [0.5] * 3, [0.5] * 3, train=True)
+    image = random_image()
+    first = transform(image, torch.Generator().manual_seed(3))
+    assert first.shape == (3, 16, 16)
+    torch.testing.assert_close(first, transform(image, torch.Generator().manual_seed(3)))
+    views = [transform(image, torch.Generator().manual_seed(s)) for s in range(6)]
+    assert all(not torch.equal(views[0], view) for view in views[1:])
+    assert -1.0 <= first.min() and first.max() <= 1.0
+    own = ImageTransform(16, [0.5] * 3, [0.5] * 3, train=True, seed=5)
+    again = ImageTransform(16, [0.5] * 3, [0.5] * 3, train=True, seed=5)
+    torch.testing.assert_close(own(image), again(image))
+
+
+def test_train_transform_full_scale_is_a_resize_or_its_mirror():
+    """With crop area 100% and ratio 1, the crop is the whole square image: output = resize, maybe flipped."""
+    transform = ImageTransform(12, [0.0] * 3, [1.0] * 3, train=True, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    image = random_image(30, 30)
+    resized = ImageTransform(12, [0.0] * 3, [1.0] * 3, train=False, crop=False)(image)
+    flips = set()
+    for seed in range(8):
+        view = transform(image, torch.Generator().manual_seed(seed))
+        flipped = torch.allclose(view, resized.flip(-1), atol=1e-6)
+        assert flipped or torch.allclose(view, resized, atol=1e-6)
+        flips.add(flipped)
+    assert flips == {True, False}
+
+
+def test_transform_converts_grey_input():
+    out = ImageTransform(8, [0.0] * 3, [1.0] * 3, train=False)(PIL.Image.new("L", (10, 8), 51))
+    torch.testing.assert_close(out, torch.full((3, 8, 8), 0.2))
