@@ -304,6 +304,7 @@ def test_missing_root_folder_or_split_file_is_one_line_naming_it(tmp_path):
         (lambda split: split["train"].__setitem__(0, ["banded/banded_1001.jpg", "0", "banded"]), "train[0]"),
         (lambda split: split["val"].__setitem__(2, ["banded/banded_1001.jpg", 0]), "val[2]"),
         (lambda split: split["test"].__setitem__(0, ["banded/banded_1001.jpg", 0, "striped"]), "label 0 is both"),
+        (lambda split: split["train"].__setitem__(1, ["../../etc/passwd", 0, "banded"]), "train[1]"),
         (lambda split: split.pop("val"), "needs lists"),
         (lambda split: split["test"].append(["x.jpg", 9, "zigzagged"]), "missing [4, 5, 6, 7, 8]"),
     ],

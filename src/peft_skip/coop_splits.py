@@ -126,7 +126,9 @@ def read_split_file(dataset: str, path: Path) -> dict[str, list[tuple[str, int, 
         entries = []
         for index, entry in enumerate(split[name]):
             ok = isinstance(entry, (list, tuple)) and len(entry) == 3
+            # Paths must stay inside the image folder: relative, no `..`.
             ok = ok and isinstance(entry[0], str) and entry[0] != "" and isinstance(entry[2], str)
+            ok = ok and not os.path.isabs(entry[0]) and ".." not in Path(entry[0]).parts
             ok = ok and isinstance(entry[1], int) and not isinstance(entry[1], bool) and entry[1] >= 0
             if not ok:
                 raise data_error(
