@@ -25,6 +25,8 @@ setup(
         "pillow",
         "tqdm",
         "numpy",
+        # `peft-skip ... --config FILE` (YAML or JSON).
+        "pyyaml",
         # SigLIP's tokenizer (SentencePiece), for real checkpoints and `make_offline_model`.
         "sentencepiece",
         "protobuf",

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import PIL.Image
 
-from .coop_data import COOP_DATASETS
-from .coop_imagenet import IMAGENET_LAYOUTS
-from .coop_splits import SPLIT_FILE_LAYOUTS
+from peft_skip.data.coop import COOP_DATASETS
+from peft_skip.data.coop_imagenet import IMAGENET_LAYOUTS
+from peft_skip.data.coop_splits import SPLIT_FILE_LAYOUTS
 
 # (folder or raw name on disk, class name as CoOp's split files give it); labels follow this order.
 SPLIT_FILE_CLASSES = {

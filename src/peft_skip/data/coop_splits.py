@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import ImageDataset
+from .dataset import ImageDataset
 
 DATA_DOCS = "docs/reproducing.md#datasets"
 SPLITS = ("train", "val", "test")

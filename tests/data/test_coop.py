@@ -8,10 +8,11 @@ import random
 from pathlib import Path
 
 import pytest
+from coop_miniature import write_coop_miniature
 
-from peft_skip import coop_fewshot
-from peft_skip.coop_data import COOP_DATASETS, coop_folder, coop_splits, load_coop_dataset
-from peft_skip.coop_fewshot import (
+from peft_skip.data import ImageDataset, coop_fewshot
+from peft_skip.data.coop import COOP_DATASETS, coop_folder, coop_splits, load_coop_dataset
+from peft_skip.data.coop_fewshot import (
     base_new_classes,
     coop_few_shot,
     dassl_few_shot_indices,
@@ -19,9 +20,7 @@ from peft_skip.coop_fewshot import (
     sample_few_shot,
     subsample_classes,
 )
-from peft_skip.coop_miniature import write_coop_miniature
-from peft_skip.coop_splits import clean_class_name
-from peft_skip.data import ImageDataset
+from peft_skip.data.coop_splits import clean_class_name
 from peft_skip.recipes import REFERENCE_DATASETS
 
 DOCS = "docs/reproducing.md#datasets"

@@ -18,9 +18,9 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from .coop_data import load_coop_dataset
+from .coop import load_coop_dataset
 from .coop_splits import data_error
-from .data import ImageDataset
+from .dataset import ImageDataset
 
 FORMAT = "peft-skip/few-shot-v1"
 # Datasets whose val split is their test set; Dassl samples only their train split.

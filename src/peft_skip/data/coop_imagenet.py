@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .coop_splits import data_error, dataset_folder
-from .data import ImageDataset
+from .dataset import ImageDataset
 
 
 @dataclass(frozen=True)

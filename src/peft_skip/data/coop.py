@@ -12,7 +12,7 @@ import os
 
 from .coop_imagenet import IMAGENET_LAYOUTS, load_imagenet_family
 from .coop_splits import FGVC_FOLDER, SPLIT_FILE_LAYOUTS, load_fgvc_aircraft, load_split_file_dataset
-from .data import ImageDataset
+from .dataset import ImageDataset
 
 # In the order of the papers' tables (recipes.REFERENCE_DATASETS holds the same names).
 COOP_DATASETS = (
