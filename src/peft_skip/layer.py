@@ -84,6 +84,12 @@ class SkipLayer(nn.Module, BaseTunerLayer):
         # fp32 copies on a half-precision base: compute in the input's dtype, keep fp32 master weights.
         return {name: p.to(x.dtype) for name, p in params.items()}
 
+    def reads_base_layer(self) -> bool:
+        """Whether the forward reads the base parameters `W0`: when merged, disabled, or not exactly one adapter of
+        this layer is active (one adapter computes with its copy `W` alone)."""
+        active = [a for a in self.active_adapters if a in self.skip_tuned]
+        return self.merged or self.disable_adapters or len(active) != 1
+
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.disable_adapters:
             if self.merged:

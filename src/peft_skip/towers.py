@@ -26,8 +26,8 @@ DOCS_ADDING_A_FAMILY = "docs/supported_models.md#adding-a-family"
 class Tower:
     """One encoder of a two-tower model.
 
-    Subclasses set `layers_path` and `head_paths` and implement `embed` and `pool`; `_layer_mask` when the layers
-    take an attention mask.
+    Subclasses set `layers_path`, `embedding_paths` and `head_paths` and implement `embed` and `pool`; `_layer_mask`
+    when the layers take an attention mask.
 
     Args:
         model (`nn.Module`): The transformers model that holds the tower (e.g. a `CLIPModel`).
@@ -38,6 +38,8 @@ class Tower:
 
     name: str
     layers_path: str
+    # Modules `embed` runs (before the first layer); frozen, idle while training from the caches.
+    embedding_paths: tuple[str, ...]
     # Modules after the last layer; they are trained along with the deep layers.
     head_paths: tuple[str, ...]
     # Leading tokens that summarise the input (CLIP's class token): token drop never drops them.
@@ -45,7 +47,7 @@ class Tower:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        for path in (self.layers_path, *self.head_paths):
+        for path in (self.layers_path, *self.embedding_paths, *self.head_paths):
             try:
                 model.get_submodule(path)
             except AttributeError:
@@ -67,6 +69,10 @@ class Tower:
         """Paths of the modules that are trained when the first `skip_layers` layers are frozen."""
         layers = [f"{self.layers_path}.{i}" for i in range(skip_layers, self.num_layers)]
         return layers + list(self.head_paths)
+
+    def shallow_module_paths(self, skip_layers: int) -> list[str]:
+        """Paths of the frozen modules that run before layer `skip_layers`: the embeddings and the shallow layers."""
+        return list(self.embedding_paths) + [f"{self.layers_path}.{i}" for i in range(skip_layers)]
 
     def padding(self) -> dict:
         """Keyword arguments for the tokenizer that pad prompts the way this (text) tower expects."""
@@ -147,6 +153,7 @@ def _bidirectional_mask(config, hidden: torch.Tensor, attention_mask: torch.Tens
 class CLIPVisionTower(Tower):
     name = "vision"
     layers_path = "vision_model.encoder.layers"
+    embedding_paths = ("vision_model.embeddings", "vision_model.pre_layrnorm")
     head_paths = ("vision_model.post_layernorm", "visual_projection")
     class_tokens = 1
 
@@ -163,6 +170,7 @@ class CLIPVisionTower(Tower):
 class CLIPTextTower(Tower):
     name = "text"
     layers_path = "text_model.encoder.layers"
+    embedding_paths = ("text_model.embeddings",)
     head_paths = ("text_model.final_layer_norm", "text_projection")
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -208,6 +216,7 @@ class MetaClip2TextTower(CLIPTextTower):
 class SiglipVisionTower(Tower):
     name = "vision"
     layers_path = "vision_model.encoder.layers"
+    embedding_paths = ("vision_model.embeddings",)
     head_paths = ("vision_model.post_layernorm", "vision_model.head")
 
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -225,6 +234,7 @@ class BidirectionalTextTower(Tower):
     """A text tower at `text_model` whose layers see only the padding mask (SigLIP, BERT-style towers)."""
 
     name = "text"
+    embedding_paths = ("text_model.embeddings",)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.text_model.embeddings(input_ids=input_ids)
@@ -310,6 +320,7 @@ class ChineseCLIPTextTower(BidirectionalTextTower):
 class AltCLIPTextTower(Tower):
     name = "text"
     layers_path = "text_model.roberta.encoder.layers"
+    embedding_paths = ("text_model.roberta.embeddings",)
     head_paths = ("text_model.pre_LN", "text_model.transformation", "text_projection")
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from .cache import ImageCache, build_text_cache
 from .classes import ClassSelector
 from .config import SkipConfig
 from .loss import SkipTuningStep
+from .offload import FrozenOffload, idle_parameters
 from .run_state import list_checkpoints, load_checkpoint, save_adapter, save_checkpoint
 from .towers import get_towers
 from .training_args import SkipTrainingArguments, class_batches, lr_lambda, make_optimizer, uses_class_batches
@@ -158,6 +159,8 @@ class SkipTrainer:
                 self.model, args.output_dir, args.run_identity(), optimizer, scheduler, accelerator.device
             )
         step, optimizer = accelerator.prepare(self._step_module(), optimizer)
+        # The steps read neither the shallow layers nor the deep layers' base weights: off the device during them.
+        frozen = FrozenOffload(self.model, idle_parameters(self.model) if args.offload_frozen else {})
 
         cache = None
         bar = tqdm(
@@ -176,15 +179,16 @@ class SkipTrainer:
             bar.set_description(f"epoch {epoch + 1}/{args.num_train_epochs}")
             stats = EpochStats()
             batches = self._batches(epoch)
-            for i in range(steps_per_epoch):
-                group = batches[i * args.gradient_accumulation_steps : (i + 1) * args.gradient_accumulation_steps]
-                lr = optimizer.param_groups[0]["lr"]
-                self._optimizer_step(step, cache, group, epoch, i, stats)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                bar.update(1)
-                bar.set_postfix(loss=f"{stats.loss / stats.images:.4f}", acc=f"{stats.correct / stats.images:.3f}")
+            with frozen:
+                for i in range(steps_per_epoch):
+                    group = batches[i * args.gradient_accumulation_steps : (i + 1) * args.gradient_accumulation_steps]
+                    lr = optimizer.param_groups[0]["lr"]
+                    self._optimizer_step(step, cache, group, epoch, i, stats)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{stats.loss / stats.images:.4f}", acc=f"{stats.correct / stats.images:.3f}")
             result.history.append(stats.row(epoch + 1, lr, time.perf_counter() - epoch_start))
             if accelerator.is_main_process:
                 save_checkpoint(

@@ -87,6 +87,17 @@ class SkipTrainingArguments:
     views: int = _arg(4, "Augmented views of cache_mode 'views'.")
     cache_dtype: StorageDtype = _arg("float32", "Storage dtype of the image cache.")
     cache_dir: str | None = _arg(None, "Memory-map the image cache to this directory instead of keeping it in RAM.")
+    offload_frozen: bool = _arg(
+        True,
+        "During the steps, keep the frozen weights they never read (embeddings, shallow layers, the deep layers' "
+        "base weights) off the compute device: in CPU memory from a GPU, in a temporary file on the CPU.",
+        compare=False,
+    )
+    dataloader_num_workers: int = _arg(
+        2,
+        "Worker processes that decode and transform images for the cache builds and evaluation (0: none).",
+        compare=False,
+    )
     mixed_precision: Literal["no", "bf16", "fp16"] = _arg(
         "no", "bf16 autocasts on CPU or GPU; fp16 needs a GPU. Overrides `accelerate launch --mixed_precision`."
     )
@@ -119,6 +130,8 @@ class SkipTrainingArguments:
         for name in ("shots", "num_train_epochs", "batch_size", "gradient_accumulation_steps", "views"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SkipTrainingArguments.{name}={getattr(self, name)!r} is invalid; expected >= 1.")
+        if self.dataloader_num_workers < 0:
+            raise ValueError(f"dataloader_num_workers={self.dataloader_num_workers} is invalid; expected >= 0.")
         if self.save_total_limit < 1:
             raise ValueError(f"save_total_limit={self.save_total_limit} is invalid; keep at least 1 checkpoint.")
         if not 0 <= self.warmup_epochs < self.num_train_epochs:
