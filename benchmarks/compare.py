@@ -7,6 +7,9 @@ Models are built from the ViT-B/32 or ViT-B/16 CLIP shapes with random weights (
 images are Fashion-MNIST; accuracies of random-weight models measure nothing but the plumbing.
 
     python benchmarks/compare.py --arch vit-b-16 --classes 100 --shots 16 --steps-per-epoch 2 --epochs 3
+
+Each method process also measures the machine's matmul rate, so that every method's achieved FLOP/s (from the cost
+model) is reported against it; `--mixed-precision bf16` adds a half-precision run of every method (`drift.py`).
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "src")]
 
 from cost import cache_flops, step_flops, tower_shapes  # noqa: E402
-from methods import METHODS  # noqa: E402
+from drift import loss_drift, precision_table, update_drift  # noqa: E402
+from methods import METHODS, SKIP_VARIANTS  # noqa: E402
 
 OFFLINE_ARCHS = ("vit-b-32", "vit-b-16", "tiny")
 LABELS = {
-    "method": "method",
+    "label": "method",
     "epoch_seconds": "epoch (s)",
     "cache_seconds": "cache (s)",
     "images_per_second": "images/s",
@@ -91,6 +95,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("wall", "cpu"),
         help="wall: elapsed time; cpu: the method process's CPU time (with --threads 1, robust to other jobs).",
     )
+    parser.add_argument(
+        "--mixed-precision",
+        default="no",
+        choices=("no", "bf16", "fp16"),
+        help="Also run every method under autocast in this precision (fp16: GPU only, with loss scaling) and report\n"
+        "its time, memory and drift from the fp32 run.",
+    )
+    parser.add_argument(
+        "--ablate-offload",
+        action="store_true",
+        help="Also run each Skip Tuning method with its idle frozen weights kept on the device (the memory without\n"
+        "peft_skip.offload).",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmark-results", help="Output directory.")
     args = parser.parse_args(argv)
@@ -103,6 +120,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1.")
     if args.steps_per_epoch is not None and args.steps_per_epoch < 1:
         parser.error("--steps-per-epoch must be at least 1.")
+    if args.mixed_precision == "fp16" and not args.device.startswith("cuda"):
+        parser.error("--mixed-precision fp16 needs a CUDA device; use bf16 on the CPU.")
     return args
 
 
@@ -190,8 +209,21 @@ def prepare(args: argparse.Namespace, work_dir: str) -> dict:
     }
 
 
-def run_method(method: str, args: argparse.Namespace, facts: dict, work_dir: str) -> dict:
-    """Runs one method in a fresh Python process and returns its measurements."""
+def run_method(
+    method: str, args: argparse.Namespace, facts: dict, work_dir: str, precision: str = "no", offload: bool = True
+) -> dict:
+    """Runs one method in a fresh Python process and returns its measurements.
+
+    Args:
+        method (`str`): One of `METHODS`.
+        args (`argparse.Namespace`): The benchmark's settings.
+        facts (`dict`): What `prepare` wrote.
+        work_dir (`str`): Where the run's files go.
+        precision (`str`): `no` (fp32), `bf16` or `fp16` (autocast).
+        offload (`bool`): Skip Tuning methods take their idle frozen weights off the device while training.
+    """
+    label = method + ("" if offload else " (frozen kept)") + ("" if precision == "no" else f" {precision}")
+    name = label.replace(" ", "-").replace("(", "").replace(")", "")
     spec = {
         "method": method,
         "model": facts["model"],
@@ -206,16 +238,38 @@ def run_method(method: str, args: argparse.Namespace, facts: dict, work_dir: str
         "max_classes": args.max_classes,
         "class_decay": args.class_decay,
         "cache_dtype": args.cache_dtype,
-        "checkpoint_dir": os.path.join(work_dir, f"checkpoint-{method}"),
+        "checkpoint_dir": os.path.join(work_dir, f"checkpoint-{name}"),
+        "mixed_precision": precision,
+        "offload": offload,
+        "updates_file": os.path.join(work_dir, f"updates-{name}.safetensors")
+        if args.mixed_precision != "no"
+        else None,
     }
-    spec_path = os.path.join(work_dir, f"spec-{method}.json")
-    result_path = os.path.join(work_dir, f"result-{method}.json")
+    spec_path = os.path.join(work_dir, f"spec-{name}.json")
+    result_path = os.path.join(work_dir, f"result-{name}.json")
     with open(spec_path, "w") as f:
         json.dump(spec, f)
     script = os.path.join(HERE, "methods.py")
     subprocess.run([sys.executable, script, spec_path, result_path], check=True)
     with open(result_path) as f:
-        return json.load(f)
+        return {"label": label, **json.load(f), "offload": offload, "updates_file": spec["updates_file"]}
+
+
+def add_drift(results: list[dict]) -> list[tuple[dict, dict]]:
+    """Adds to every half-precision run its `drift` from the fp32 run of the same method; returns the pairs."""
+    from safetensors.torch import load_file
+
+    full = {r["method"]: r for r in results if r["mixed_precision"] == "no" and r["offload"]}
+    pairs = []
+    for half in results:
+        if half["mixed_precision"] != "no":
+            reference = full[half["method"]]
+            half["drift"] = {
+                "loss": loss_drift(reference["losses"], half["losses"]),
+                "updates": update_drift(load_file(reference["updates_file"]), load_file(half["updates_file"])),
+            }
+            pairs.append((reference, half))
+    return pairs
 
 
 def add_cost_model(results: list[dict], args: argparse.Namespace, facts: dict) -> None:
@@ -231,12 +285,13 @@ def add_cost_model(results: list[dict], args: argparse.Namespace, facts: dict) -
         result["predicted_cache_gflops"] = (
             cache_flops(vision, facts["train_images"], args.skip_layers) / 1e9 if result["cache_seconds"] else 0.0
         )
-    ft = next((r for r in results if r["method"] == "ft"), None)
+    ft = next((r for r in results if r["label"] == "ft"), None)
     for result in results:
         if ft is not None:
             result["predicted_time_vs_ft"] = result["predicted_step_gflops"] / ft["predicted_step_gflops"]
             result["measured_time_vs_ft"] = result["epoch_seconds"] / ft["epoch_seconds"]
         result["achieved_gflops_per_second"] = result["predicted_step_gflops"] / result["step_seconds"]
+        result["achieved_vs_matmul_peak"] = result["achieved_gflops_per_second"] / result["matmul_gflops_per_second"]
 
 
 def _format(key: str, value) -> str:
@@ -253,14 +308,16 @@ def _format(key: str, value) -> str:
     return str(value)
 
 
-def markdown(results: list[dict], facts: dict, command: str) -> str:
-    """The results as markdown: the measurement table, the ratios to `ft` and the cost model."""
+def markdown(results: list[dict], facts: dict, command: str, pairs: list[tuple[dict, dict]]) -> str:
+    """The results as markdown: the measurements, the ratios to `ft`, the achieved FLOP/s and half precision."""
     lines = [f"`{command}`", ""]
     lines.append("| " + " | ".join(LABELS.values()) + " |")
     lines.append("|" + "---|" * len(LABELS))
+    half = [h for _, h in pairs]
     for result in results:
-        lines.append("| " + " | ".join(_format(key, result.get(key)) for key in LABELS) + " |")
-    ft = next((r for r in results if r["method"] == "ft"), None)
+        if all(result is not h for h in half):
+            lines.append("| " + " | ".join(_format(key, result.get(key)) for key in LABELS) + " |")
+    ft = next((r for r in results if r["label"] == "ft"), None)
     if ft is not None:
         lines += [
             "",
@@ -268,12 +325,28 @@ def markdown(results: list[dict], facts: dict, command: str) -> str:
             "|---|---|---|---|---|",
         ]
         for r in results:
+            if any(r is h for h in half):
+                continue
             memory = r["peak_memory_mb"] / ft["peak_memory_mb"]
             checkpoint = r["checkpoint_bytes"] / r["full_model_bytes"]
             lines.append(
-                f"| {r['method']} | {r['measured_time_vs_ft']:.3f} | {r['predicted_time_vs_ft']:.3f} | "
+                f"| {r['label']} | {r['measured_time_vs_ft']:.3f} | {r['predicted_time_vs_ft']:.3f} | "
                 f"{memory:.3f} | {checkpoint:.3f} |"
             )
+    lines += [
+        "",
+        "| method | GFLOP / step (cost model) | step (s) | achieved GFLOP/s | matmul GFLOP/s (same process) | "
+        "achieved / matmul |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['label']} | {r['predicted_step_gflops']:.3g} | {r['step_seconds']:.3g} | "
+            f"{r['achieved_gflops_per_second']:.1f} | {r['matmul_gflops_per_second']:.1f} | "
+            f"{r['achieved_vs_matmul_peak']:.2f} |"
+        )
+    if pairs:
+        lines += ["", *precision_table(pairs, pairs[0][1]["mixed_precision"])]
     notes = [
         f"device: {results[0]['device']}; model: {facts['model_name']} with random weights; "
         f"{facts['train_images']} training images, {facts['full_steps_per_epoch']} steps per epoch",
@@ -296,7 +369,7 @@ def figure(results: list[dict], path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r["method"] for r in results]
+    names = [r["label"] for r in results]
     colors = ["tab:red" if n == "skip" else "tab:gray" for n in names]
     panels = [
         ("epoch_seconds", "epoch time (s)", 1, "{:,.0f}"),
@@ -326,14 +399,20 @@ def compare(args: argparse.Namespace, command: str) -> list[dict]:
         print(
             f"workload ready in {time.perf_counter() - start:.1f}s: {facts['timed_images']} timed images", flush=True
         )
+        runs = [(method, "no", True) for method in args.methods]
+        if args.ablate_offload:
+            runs += [(method, "no", False) for method in args.methods if method in SKIP_VARIANTS]
+        if args.mixed_precision != "no":
+            runs += [(method, args.mixed_precision, True) for method in args.methods]
         results = []
-        for method in args.methods:
+        for method, precision, offload in runs:
             start = time.perf_counter()
-            results.append(run_method(method, args, facts, work_dir))
-            print(f"{method}: done in {time.perf_counter() - start:.1f}s", flush=True)
+            results.append(run_method(method, args, facts, work_dir, precision, offload))
+            print(f"{results[-1]['label']}: done in {time.perf_counter() - start:.1f}s", flush=True)
+        pairs = add_drift(results)
     add_cost_model(results, args, facts)
     facts["model_name"] = args.arch
-    report = markdown(results, facts, command)
+    report = markdown(results, facts, command, pairs)
     settings = {k: v for k, v in vars(args).items()}
     facts_out = {k: v for k, v in facts.items() if k not in ("config", "workload", "model")}
     with open(os.path.join(args.out, "results.json"), "w") as f:

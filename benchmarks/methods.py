@@ -14,6 +14,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import nn
@@ -38,6 +39,24 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
+
+
+def matmul_gflops(clock: Callable[[], float], device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:
+    """The machine's matmul rate in this process: GFLOP/s of `(788, 768) @ (768, 3072)` products (four ViT-B/16
+    images through an MLP matmul), in `dtype`, by `clock`; the best of three rounds of `seconds / 3`."""
+    a = torch.randn(788, 768, device=device).to(dtype)
+    b = torch.randn(768, 3072, device=device).to(dtype)
+    flops = 2 * a.shape[0] * a.shape[1] * b.shape[1]
+    best = 0.0
+    for _ in range(3):
+        count, start = 0, clock()
+        while count < 2 or clock() - start < seconds / 3:
+            a @ b
+            count += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        best = max(best, count * flops / (clock() - start) / 1e9)
+    return best
 
 
 def _dir_bytes(path: str) -> int:
@@ -100,6 +119,22 @@ class Method:
         self.kept_classes.append(logits.shape[1])
         return F.cross_entropy(logits, labels)
 
+    def offload(self) -> AbstractContextManager:
+        """What the method takes off the device while it trains (nothing by default)."""
+        return nullcontext()
+
+    @torch.no_grad()
+    def updates(self) -> dict[str, torch.Tensor]:
+        """What training changed, comparable between runs: the change of every trained weight (fp32)."""
+        from safetensors import safe_open
+
+        updates = {}
+        with safe_open(os.path.join(self.spec["model"], "model.safetensors"), "pt") as initial:
+            for name, param in self.model.named_parameters():
+                if param.requires_grad:
+                    updates[name] = param.float().cpu() - initial.get_tensor(name).float()
+        return updates
+
     def save(self, path: str) -> int:
         """Saves the trainable state as safetensors under `path`; returns its size in bytes."""
         from safetensors.torch import save_file
@@ -134,6 +169,16 @@ class LoRA(Method):
         self.model.save_pretrained(path)
         return _dir_bytes(path)
 
+    @torch.no_grad()
+    def updates(self) -> dict[str, torch.Tensor]:
+        from peft.tuners.lora import LoraLayer
+
+        return {
+            name: module.get_delta_weight("default").float().cpu()
+            for name, module in self.model.named_modules()
+            if isinstance(module, LoraLayer)
+        }
+
 
 class CoOp(Method):
     """16 context vectors shared by all classes; the frozen text encoder runs for every class every step."""
@@ -144,6 +189,7 @@ class CoOp(Method):
         super().__init__(model, workload, spec)
         names = workload["name_prompts"]
         self.prompt_learner = PromptLearner(model, names["input_ids"], names["attention_mask"], n_ctx=16)
+        self.initial_ctx = self.prompt_learner.ctx.detach().clone()
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [self.prompt_learner.ctx]
@@ -154,6 +200,9 @@ class CoOp(Method):
 
     def class_features(self) -> torch.Tensor:
         return self.prompt_learner()
+
+    def updates(self) -> dict[str, torch.Tensor]:
+        return {"ctx": (self.prompt_learner.ctx.detach() - self.initial_ctx).float().cpu()}
 
     def save(self, path: str) -> int:
         from safetensors.torch import save_file
@@ -241,6 +290,19 @@ class SkipVariant(Method):
         self.kept_classes.append(len(kept))
         return F.cross_entropy(self.towers.logit_scale.exp() * image @ classes.T, targets)
 
+    def offload(self) -> AbstractContextManager:
+        # As the trainer does: the base weights of the deep layers, and with the caches the shallow ones, leave.
+        from peft_skip.offload import FrozenOffload, idle_parameters
+
+        if not self.spec.get("offload", True):
+            return nullcontext()
+        return FrozenOffload(self.model, idle_parameters(self.model, from_caches=self.use_cache))
+
+    def updates(self) -> dict[str, torch.Tensor]:
+        from peft import get_peft_model_state_dict
+
+        return {name: delta.float().cpu() for name, delta in get_peft_model_state_dict(self.model).items()}
+
     def save(self, path: str) -> int:
         self.model.save_pretrained(path)
         return _dir_bytes(path)
@@ -305,19 +367,27 @@ def run(spec: dict) -> dict:
     sync()
     setup_seconds = clock() - start - (image_cache_seconds or 0.0)
 
+    precision = spec.get("mixed_precision", "no")
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    peak_gflops = matmul_gflops(clock, device, half or torch.float32)
+    # fp16 gradients need loss scaling; a disabled scaler passes everything through.
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     wall_seconds, cpu_seconds, losses = [], [], []
-    for batches in workload["batches"]:
-        start, start_cpu = time.perf_counter(), time.process_time()
-        for positions in batches:
-            loss = method.loss(positions.to(device))
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-        sync()
-        wall_seconds.append(time.perf_counter() - start)
-        cpu_seconds.append(time.process_time() - start_cpu)
-    peak_mb = peak_memory_mb(device)
+    with method.offload():
+        for batches in workload["batches"]:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            for positions in batches:
+                with torch.autocast(device.type, dtype=half, enabled=half is not None):
+                    loss = method.loss(positions.to(device))
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(loss.item())
+            sync()
+            wall_seconds.append(time.perf_counter() - start)
+            cpu_seconds.append(time.process_time() - start_cpu)
+        peak_mb = peak_memory_mb(device)
 
     steps = len(workload["batches"][0])
     # CPU time of this process is what a single-threaded run costs, whatever else the machine runs meanwhile.
@@ -326,9 +396,14 @@ def run(spec: dict) -> dict:
     step_seconds = statistics.median(timed) / steps
     full_steps = workload["full_steps_per_epoch"]
     checkpoint_bytes = method.save(spec["checkpoint_dir"])
+    if spec.get("updates_file"):
+        from safetensors.torch import save_file
+
+        save_file(method.updates(), spec["updates_file"])
     cached_images = len(workload["train_pixels"])
     return {
         "method": spec["method"],
+        "mixed_precision": precision,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "epoch_seconds": step_seconds * full_steps,
         "step_seconds": step_seconds,
@@ -348,6 +423,8 @@ def run(spec: dict) -> dict:
         "checkpoint_bytes": checkpoint_bytes,
         "full_model_bytes": full_model_bytes,
         "kept_classes": statistics.mean(method.kept_classes),
+        "matmul_gflops_per_second": peak_gflops,
+        "losses": losses,
         "final_loss": losses[-1],
         "losses_finite": all(math.isfinite(x) for x in losses),
         "accuracy": accuracy(method, workload["test_pixels"], workload["test_labels"]),

@@ -12,7 +12,9 @@ from transformers import CLIPConfig
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
 import compare  # noqa: E402
+import torch  # noqa: E402
 from cost import layer_flops, step_flops, tower_shapes  # noqa: E402
+from drift import loss_drift, update_drift  # noqa: E402
 
 
 def vit_b_16() -> CLIPConfig:
@@ -52,15 +54,31 @@ def test_parse_args_refuses_unknown_methods(capsys):
     assert "unknown methods ['prefix']" in capsys.readouterr().err
 
 
+def test_drift_measures():
+    reference = {"a": torch.tensor([3.0, 0.0]), "b": torch.tensor([4.0])}
+    assert update_drift(reference, reference) == 0
+    assert update_drift(reference, {"a": torch.tensor([3.0, 0.5]), "b": torch.tensor([4.0])}) == pytest.approx(0.1)
+    assert loss_drift([2.0, 4.0], [2.0, 3.0]) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="different weights"):
+        update_drift(reference, {"a": torch.zeros(2)})
+
+
 def test_compare_smoke(tmp_path):
-    """Two methods on a 4-layer CLIP, 12 classes (2 of them synthesised), one step per epoch."""
+    """Two methods on a 4-layer CLIP, 12 classes (2 of them synthesised), one step per epoch, also in bf16 and
+    with the frozen weights kept."""
     out = tmp_path / "out"
     argv = "--arch tiny --classes 12 --shots 4 --epochs 2 --steps-per-epoch 1 --methods ft,skip --skip-layers 2"
-    compare.main([*argv.split(), "--test-images", "6", "--out", str(out)])
+    extra = ["--mixed-precision", "bf16", "--ablate-offload"]
+    compare.main([*argv.split(), "--test-images", "6", "--out", str(out), *extra])
     report = json.loads((out / "results.json").read_text())
     assert report["facts"]["synthetic_classes"] is True
-    results = {r["method"]: r for r in report["results"]}
-    assert set(results) == {"ft", "skip"}
+    results = {r["label"]: r for r in report["results"]}
+    assert set(results) == {"ft", "skip", "skip (frozen kept)", "ft bf16", "skip bf16"}
+    for label in ("ft bf16", "skip bf16"):
+        # Half precision changed the losses and updates a little, not wholly; the matmul rate is bf16's.
+        assert 0 < results[label]["drift"]["loss"] < 0.1 and 0 < results[label]["drift"]["updates"] < 0.5
+    for r in results.values():
+        assert r["matmul_gflops_per_second"] > 0 and r["achieved_vs_matmul_peak"] > 0
     ft, skip = results["ft"], results["skip"]
     for r in (ft, skip):
         assert r["losses_finite"]
@@ -76,4 +94,5 @@ def test_compare_smoke(tmp_path):
     assert skip["predicted_time_vs_ft"] < 0.6 and ft["predicted_time_vs_ft"] == 1
     table = (out / "results.md").read_text()
     assert "| skip |" in table and "synthesised names" in table
+    assert "| skip (frozen kept) |" in table and "achieved / matmul" in table and "update drift" in table
     assert (out / "figure.png").stat().st_size > 1000

@@ -277,3 +277,15 @@ def test_two_processes_match_one(tmp_path):
     assert any(v.abs().max() > 0 for v in one.values())
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_workers_build_the_same_caches_and_evaluate_the_same(tmp_path):
+    """Each image's augmentation is seeded by the image: the data loader's workers change nothing."""
+    serial, parallel = skip_model(), skip_model()
+    train(serial, tmp_path / "serial", dataloader_num_workers=0, num_train_epochs=2)
+    train(parallel, tmp_path / "parallel", dataloader_num_workers=2, num_train_epochs=2)
+    name = "adapter_model.safetensors"
+    assert (tmp_path / "serial" / name).read_bytes() == (tmp_path / "parallel" / name).read_bytes()
+    data = TensorImages(per_class=5)
+    accuracy = [evaluate_accuracy(serial, data, prompts(), identity, 4, num_workers=n) for n in (0, 2)]
+    assert accuracy[0] == accuracy[1] and accuracy[0]["num_images"] == len(data)

@@ -66,3 +66,10 @@ class EvalArguments:
         default=None,
         metadata={"help": "Write eval_results.json into this directory instead of printing it.", "aliases": ["--out"]},
     )
+    dataloader_num_workers: int = field(
+        default=2, metadata={"help": "Worker processes that read and transform the test images (0: none)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.dataloader_num_workers < 0:
+            raise ValueError(f"dataloader_num_workers={self.dataloader_num_workers} is invalid; expected >= 0.")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .data.workers import ordered_map
 from .fingerprint import fingerprint as weights_fingerprint
 from .towers import Tower
 
@@ -217,6 +218,7 @@ class ImageCache:
         batch_size: int = 32,
         indices: Sequence[int] | torch.Tensor | None = None,
         progress: bool = True,
+        num_workers: int = 0,
     ) -> ImageCache:
         """Runs the vision tower's embeddings and layers `[0, skip_layers)` on every view of every image.
 
@@ -245,6 +247,8 @@ class ImageCache:
             batch_size (`int`): Images per forward pass.
             indices (`Sequence[int]` or `torch.Tensor`, *optional*): Build only these images (a shard).
             progress (`bool`): Show a progress bar.
+            num_workers (`int`): Worker processes that call `images` ahead of the model (see
+                `peft_skip.data.workers.ordered_map`); 0 calls it in this process.
         """
         _check_skip_layers(tower, skip_layers)
         if dtype not in _NUMPY_STORAGE:
@@ -297,23 +301,23 @@ class ImageCache:
             disable=not progress,
             dynamic_ncols=True,
         )
-        for view in range(views):
-            start = 0
-            for batch in batches:
-                pixel_values = images(view, batch).to(device)
-                hidden = tower.embed(**tower.image_inputs(pixel_values))
-                hidden = tower.run_layers(hidden, 0, skip_layers).to(dtype).cpu()
-                if states is None:
-                    states = _allocate(path, (views, len(indices), *hidden.shape[1:]), dtype)
-                    nbytes = math.prod(states.shape) * hidden.element_size()
-                    where = f"on disk at {path}" if path else "in memory"
-                    logger.info(
-                        f"Image cache: {views} view(s) x {len(indices)} images x {hidden.shape[1]} tokens x "
-                        f"{hidden.shape[2]} ({dtype}) = {human_bytes(nbytes)} {where}."
-                    )
-                _write(states, view, slice(start, start + len(batch)), hidden, dtype)
-                start += len(batch)
-                bar.update()
+        starts = torch.tensor([0, *(len(b) for b in batches[:-1])]).cumsum(0).tolist()
+        plan = [(view, batch) for view in range(views) for batch in batches]
+        pixels = ordered_map(images, plan, num_workers, pin_memory=device.type == "cuda")
+        for (view, batch), start, pixel_values in zip(plan, starts * views, pixels, strict=True):
+            pixel_values = pixel_values.to(device, non_blocking=True)
+            hidden = tower.embed(**tower.image_inputs(pixel_values))
+            hidden = tower.run_layers(hidden, 0, skip_layers).to(dtype).cpu()
+            if states is None:
+                states = _allocate(path, (views, len(indices), *hidden.shape[1:]), dtype)
+                nbytes = math.prod(states.shape) * hidden.element_size()
+                where = f"on disk at {path}" if path else "in memory"
+                logger.info(
+                    f"Image cache: {views} view(s) x {len(indices)} images x {hidden.shape[1]} tokens x "
+                    f"{hidden.shape[2]} ({dtype}) = {human_bytes(nbytes)} {where}."
+                )
+            _write(states, view, slice(start, start + len(batch)), hidden, dtype)
+            bar.update()
         bar.close()
         if path is not None:
             states.flush()

@@ -101,7 +101,8 @@ def train_command(model_args: ModelArguments, data: DataArguments, method, train
 
     def evaluate() -> dict:
         tokenizer, batch_size = processor.tokenizer, data.per_device_eval_batch_size
-        return evaluate_protocol(model, tokenizer, test, eval_transform, template, base_new, batch_size)
+        workers = training.dataloader_num_workers
+        return evaluate_protocol(model, tokenizer, test, eval_transform, template, base_new, batch_size, workers)
 
     zero_shot = evaluate()
     say(f"zero-shot accuracy (base model): {summary(zero_shot)}")
@@ -161,6 +162,7 @@ def eval_command(model_args: ModelArguments, data: DataArguments, eval_args: Eva
         transform,
         data.resolved_template(),
         batch_size=data.per_device_eval_batch_size,
+        num_workers=eval_args.dataloader_num_workers,
     )
     result = {"model": model_args.model, "adapter": eval_args.adapter, **dataclasses.asdict(data), **result}
     accelerator.print(f"accuracy: {summary(result)}")

@@ -15,6 +15,7 @@ from accelerate.utils import gather_object
 from torch import nn
 
 from .data import build_prompts, subset_classes
+from .data.workers import ordered_map
 from .towers import get_towers
 
 
@@ -42,6 +43,7 @@ def evaluate_accuracy(
     prompts: dict[str, torch.Tensor],
     transform: Callable,
     batch_size: int = 64,
+    num_workers: int = 0,
 ) -> dict:
     """Accuracy of the full model on `dataset`, choosing among all of its classes.
 
@@ -53,6 +55,7 @@ def evaluate_accuracy(
         prompts (`dict[str, torch.Tensor]`): `input_ids` and `attention_mask` of one prompt per class, `(C, L)`.
         transform (`Callable`): Evaluation transform `transform(pil_image)` -> `(3, S, S)`.
         batch_size (`int`): Images per forward pass.
+        num_workers (`int`): Worker processes that read and transform the images ahead of the model (0: none).
 
     Returns:
         `dict`: `accuracy`, `per_class` (class name -> accuracy), `num_images`.
@@ -67,15 +70,26 @@ def evaluate_accuracy(
     classes = towers.text_features(prompts["input_ids"].to(device), prompts["attention_mask"].to(device))
     shard = range(state.process_index, len(dataset), state.num_processes)
     predictions = []
-    for start in range(0, len(shard), batch_size):
-        indices = shard[start : start + batch_size]
-        images = towers.image_features(torch.stack([transform(dataset.image(i)) for i in indices]).to(device))
+    batches = [(shard[start : start + batch_size],) for start in range(0, len(shard), batch_size)]
+    pixels = ordered_map(_Pixels(dataset, transform), batches, num_workers, pin_memory=device.type == "cuda")
+    for (indices,), batch in zip(batches, pixels, strict=True):
+        images = towers.image_features(batch.to(device))
         predictions.extend(zip(indices, (images @ classes.T.to(images.dtype)).argmax(-1).tolist(), strict=True))
     model.train(was_training)
     if state.num_processes > 1:
         predictions = gather_object(predictions)
     predictions = [p for _, p in sorted(predictions)]
     return accuracy_report(predictions, list(dataset.labels), dataset.class_names)
+
+
+class _Pixels:
+    """The transformed pixels `(b, 3, S, S)` of a batch of images of a data set."""
+
+    def __init__(self, dataset, transform: Callable) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __call__(self, indices: Sequence[int]) -> torch.Tensor:
+        return torch.stack([self.transform(self.dataset.image(i)) for i in indices])
 
 
 def accuracy_report(predictions: Sequence[int], references: Sequence[int], class_names: Sequence[str]) -> dict:
@@ -109,6 +123,7 @@ def evaluate_protocol(
     template: str,
     base_new: tuple[Sequence[int], Sequence[int]] | None = None,
     batch_size: int = 64,
+    num_workers: int = 0,
 ) -> dict:
     """All-class accuracy, or for base-to-new the base and new accuracies and their harmonic mean.
 
@@ -121,12 +136,13 @@ def evaluate_protocol(
         base_new (`tuple`, *optional*): Base and new class indices; each group is tested on its own images, choosing
             among its own classes.
         batch_size (`int`): Images per forward pass.
+        num_workers (`int`): Worker processes that read and transform the images (see `evaluate_accuracy`).
     """
 
     def accuracy(classes: Sequence[int] | None) -> dict:
         subset = dataset if classes is None else subset_classes(dataset, classes)
         prompts = tokenize_classes(model, tokenizer, subset.class_names, template)
-        return evaluate_accuracy(model, subset, prompts, transform, batch_size)
+        return evaluate_accuracy(model, subset, prompts, transform, batch_size, num_workers)
 
     if base_new is None:
         return accuracy(None)

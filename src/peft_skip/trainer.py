@@ -62,6 +62,22 @@ def _describe(transform: Callable) -> dict | str:
     return {k: str(v) for k, v in vars(transform).items() if not isinstance(v, torch.Generator)}
 
 
+class _AugmentedImages:
+    """`images(view, indices)` of the image cache of pass `key`: each image augmented with its own generator, so
+    that any process (a data loader's worker included) computes the same pixels."""
+
+    def __init__(self, train_set, transform: Callable, seed: int, key: int) -> None:
+        self.train_set, self.transform, self.seed, self.key = train_set, transform, seed, key
+
+    def __call__(self, view: int, indices: torch.Tensor) -> torch.Tensor:
+        return torch.stack(
+            [
+                self.transform(self.train_set.image(int(i)), generator=_generator(self.seed, self.key, int(i)))
+                for i in indices
+            ]
+        )
+
+
 @dataclass
 class EpochStats:
     """Sums over an epoch's images, added up over all processes."""
@@ -283,14 +299,7 @@ class SkipTrainer:
         args, state = self.args, self.accelerator.state
         views = 1 if args.cache_mode == "paper" else args.views
 
-        def images(view: int, indices: torch.Tensor) -> torch.Tensor:
-            return torch.stack(
-                [
-                    self.transform(self.train_set.image(int(i)), generator=_generator(args.seed, key, int(i)))
-                    for i in indices
-                ]
-            )
-
+        images = _AugmentedImages(self.train_set, self.transform, args.seed, key)
         data = self.train_set.fingerprint() if hasattr(self.train_set, "fingerprint") else len(self.train_set)
         return ImageCache.build(
             self.towers.vision,
@@ -303,4 +312,5 @@ class SkipTrainer:
             fingerprint={"data": data, "augmentation": _describe(self.transform), "seed": args.seed, "pass": key},
             indices=torch.arange(state.process_index, len(self.train_set), state.num_processes),
             progress=not args.disable_tqdm and self.accelerator.is_local_main_process,
+            num_workers=args.dataloader_num_workers,
         )

@@ -11,6 +11,7 @@ array / HF dataset) and integer labels. Images are decoded lazily and always com
 | `splits.py` | k-shot sampling, base/new class split, class subsets |
 | `prompts.py` | prompt templates and prompts from class names |
 | `transforms.py` | preprocessing and augmentation into `(3, S, S)` tensors |
+| `workers.py` | reading and transforming images in worker processes, in order (`ordered_map`) |
 """
 
 from .builtin import DIGITS_CLASSES, FASHION_MNIST_CLASSES, load_digits, load_fashion_mnist
