@@ -206,3 +206,24 @@ def test_trainer_takes_idle_weights_off_during_the_steps_only(tmp_path, monkeypa
     for name in ("adapter_model.safetensors", "checkpoints/epoch-0003/adapter_model.safetensors"):
         assert (tmp_path / "offloaded" / name).read_bytes() == (tmp_path / "kept" / name).read_bytes(), name
     assert all(p.device.type == "cpu" and p.numel() for p in offloaded.parameters())
+
+
+def test_a_checkpoint_memory_map_is_let_go(tmp_path):
+    """transformers maps the checkpoint into memory; once the idle weights are off, nothing may view the file any
+    more, or the pages read so far (all of them, after the caches) stay resident."""
+    from transformers import CLIPModel
+
+    tiny_clip().save_pretrained(tmp_path / "clip")
+    loaded = CLIPModel.from_pretrained(tmp_path / "clip")
+    model = get_peft_model(loaded, SkipConfig(skip_layers=2))
+
+    def mapped() -> bool:
+        with open("/proc/self/maps") as maps:
+            return str(tmp_path / "clip") in maps.read()
+
+    assert mapped()
+    scale = loaded.logit_scale.detach().clone()
+    with FrozenOffload(model, idle_parameters(model)):
+        assert not mapped()
+        assert torch.equal(loaded.logit_scale, scale)  # a weight the step reads, now in memory of its own
+    assert not mapped()

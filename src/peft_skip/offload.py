@@ -95,6 +95,7 @@ class FrozenOffload:
         trained = [name for name, param in parameters.items() if param.requires_grad]
         if trained:
             raise ValueError(f"Cannot take trained parameters off the device: {trained[:3]}; pass frozen ones only.")
+        self.model = model
         self.parameters = parameters
         self.nbytes = sum(p.numel() * p.element_size() for p in parameters.values())  # on their device
         names = {id(param): name for name, param in parameters.items()}
@@ -112,6 +113,7 @@ class FrozenOffload:
     def __enter__(self) -> FrozenOffload:
         if not self._stored:
             self._store()
+            self._own_memory()
         stand_ins = {
             name: nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device="meta"), requires_grad=False)
             for name, p in self.parameters.items()
@@ -147,6 +149,25 @@ class FrozenOffload:
             param.reshape(-1).view(torch.uint8).numpy().tofile(self._file)
             self._stored[name] = (offset, param.shape, param.dtype)
         self._file.flush()
+
+    @torch.no_grad()
+    def _own_memory(self) -> None:
+        """Gives every other CPU tensor of the model that borrows its memory a copy of its own.
+
+        transformers maps a checkpoint file into memory and makes every weight a view into that one mapping: the pages
+        read so far stay resident until no weight of the file is left, so dropping the idle weights frees nothing
+        while a single other one (e.g. `logit_scale`) still views it.
+        """
+        offloaded = {id(p) for p in self.parameters.values()}
+        for module in self.model.modules():
+            for tensors in (module._parameters, module._buffers):
+                for name, tensor in tensors.items():
+                    borrowed = tensor is not None and tensor.device.type == "cpu" and tensor.numel()
+                    if borrowed and id(tensor) not in offloaded and not tensor.untyped_storage().resizable():
+                        if isinstance(tensor, nn.Parameter):
+                            tensor.data = tensor.data.clone()
+                        else:
+                            tensors[name] = tensor.clone()
 
     def _load(self, name: str) -> torch.Tensor:
         stored, device = self._stored[name], self._devices[name]
