@@ -11,6 +11,7 @@ from transformers import CLIPConfig
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
+import cache_build  # noqa: E402
 import compare  # noqa: E402
 import torch  # noqa: E402
 from cost import layer_flops, step_flops, tower_shapes  # noqa: E402
@@ -96,3 +97,14 @@ def test_compare_smoke(tmp_path):
     assert "| skip |" in table and "synthesised names" in table
     assert "| skip (frozen kept) |" in table and "achieved / matmul" in table and "update drift" in table
     assert (out / "figure.png").stat().st_size > 1000
+
+
+def test_cache_build_smoke(tmp_path):
+    """The build with and without workers (two batches of images: they must give the same states) next to the pure
+    forward."""
+    argv = "--arch tiny --images 40 --image-size 40x30 --skip-layers 2 --workers 0,2 --repeats 1"
+    cache_build.main([*argv.split(), "--out", str(tmp_path)])
+    rows = {r["run"]: r for r in json.loads((tmp_path / "results.json").read_text())["results"]}
+    assert set(rows) == {"pure forward", "build, 0 workers", "build, 2 workers"}
+    assert rows["pure forward"]["vs_pure_forward"] == 1 and all(r["images_per_second"] > 0 for r in rows.values())
+    assert "bit-identical" in (tmp_path / "results.md").read_text()
