@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import random
 import subprocess
@@ -395,7 +396,10 @@ def compare(args: argparse.Namespace, command: str) -> list[dict]:
     os.makedirs(args.out, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="skip-bench-") as work_dir:
         start = time.perf_counter()
-        facts = prepare(args, work_dir)
+        # Prepared in a process of its own: Linux carries a parent's peak RSS into its children's `ru_maxrss`, so a
+        # parent that built the model would put a floor under every method's peak memory.
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            facts = pool.apply(prepare, (args, work_dir))
         print(
             f"workload ready in {time.perf_counter() - start:.1f}s: {facts['timed_images']} timed images", flush=True
         )
