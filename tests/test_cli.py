@@ -25,10 +25,12 @@ def test_train_eval_zero_shot(tiny_model, tmp_path, capsys):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(["src", os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "peft_skip.cli", "train", "--model", tiny_model, *TRAIN, "--epochs", "2"]
-    command += ["--lr", "1e-3", "--mixed-precision", "bf16", "--out", str(out)]
+    command += ["--lr", "1e-3", "--mixed-precision", "bf16", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert "RANDOM weights" in run.stdout and "Skip Tuning accuracy" in run.stdout
+    assert run.stdout.count("RANDOM weights") == 1 and "Skip Tuning accuracy" in run.stdout
+    # The cache's messages reach the user; --no-progress silences every bar, the cache's too.
+    assert "Building the image cache" in run.stderr and "it/s]" not in run.stderr.replace("\r", "\n")
     assert sorted(os.listdir(out)) == [
         "README.md",
         "adapter_config.json",

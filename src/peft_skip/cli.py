@@ -19,6 +19,7 @@ import typing
 from collections.abc import Sequence
 
 import torch
+import transformers
 import yaml
 from transformers import HfArgumentParser
 
@@ -84,6 +85,8 @@ def train_command(model_args: ModelArguments, data: DataArguments, method, train
     from peft import get_peft_model
 
     config = SkipConfig(**dataclasses.asdict(method))
+    if training.disable_tqdm:
+        transformers.utils.logging.disable_progress_bar()
     accelerator = make_accelerator(training.mixed_precision)
     say = accelerator.print
     template = data.resolved_template()
