@@ -54,6 +54,8 @@ def _arg(default, help: str, *aliases: str, **kwargs):
 
 @dataclass
 class BenchmarkArguments:
+    """What `peft-skip benchmark` runs: the protocol, data, model, seeds, and overrides of the reference recipe."""
+
     protocol: Literal["few_shot", "base_to_new", "cross_dataset", "domain_generalization"] = field(
         metadata={
             "help": "The paper's protocol: few_shot, base_to_new (train on the base half of the classes, test base, "
@@ -174,8 +176,11 @@ def _load_results(args: BenchmarkArguments, settings: dict) -> dict:
     path = Path(args.output_dir, RESULTS)
     if not path.exists():
         return {"format": FORMAT, "protocol": args.protocol, "settings": settings, "cells": []}
-    results = json.loads(path.read_text())
-    if results.get("format") != FORMAT or results.get("protocol") != args.protocol:
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is unreadable ({err}); move it away to start the benchmark afresh.") from err
+    if not isinstance(results, dict) or results.get("format") != FORMAT or results.get("protocol") != args.protocol:
         raise ValueError(f"{path} is not a {args.protocol} benchmark; use another --out.")
     changed = {k: (results["settings"].get(k), v) for k, v in settings.items() if results["settings"].get(k) != v}
     if changed:
