@@ -36,6 +36,7 @@ from .data import (
 )
 from .evaluation import evaluate_protocol, summary, tokenize_classes
 from .offline import OfflineModelArguments, has_random_weights, make_offline_model
+from .protocols import BenchmarkArguments, run_benchmark
 from .trainer import NonFiniteLossError, SkipTrainer, make_accelerator
 from .training_args import SkipTrainingArguments
 
@@ -69,7 +70,7 @@ def _load_model(model_args: ModelArguments, say):
 
 
 def _test_set(data: DataArguments):
-    test = load_dataset_spec(data.data, data.split)
+    test = load_dataset_spec(data.data, data.split, data_root=data.data_root)
     if data.test_limit and data.test_limit < len(test):
         test = test.subset(sorted(random.Random(0).sample(range(len(test)), data.test_limit)))
     return test
@@ -90,7 +91,9 @@ def train_command(model_args: ModelArguments, data: DataArguments, method, train
     accelerator = make_accelerator(training.mixed_precision)
     say = accelerator.print
     template = data.resolved_template()
-    train_set = sample_few_shot(load_dataset_spec(data.data, "train"), training.shots, training.seed)
+    train_set = sample_few_shot(
+        load_dataset_spec(data.data, "train", data_root=data.data_root), training.shots, training.seed
+    )
     test = _test_set(data)
     base_new = split_base_new(train_set.class_names) if training.preset == "base_to_new" else None
     if base_new is not None:
@@ -187,6 +190,15 @@ def offline_model_command(args: OfflineModelArguments) -> int:
     return 0
 
 
+def benchmark_command(args: BenchmarkArguments, method) -> int:
+    try:
+        run_benchmark(args, dataclasses.asdict(method))
+    except NonFiniteLossError as error:
+        print(f"error: {error}")
+        return 1
+    return 0
+
+
 def _commands() -> dict[str, tuple[list[type], typing.Callable, str]]:
     """Sub-command -> (its argument dataclasses, the function taking their instances, its help)."""
     return {
@@ -200,6 +212,12 @@ def _commands() -> dict[str, tuple[list[type], typing.Callable, str]]:
             [ModelArguments, DataArguments, EvalArguments],
             eval_command,
             "Accuracy (overall and per class) of the full model, with a Skip Tuning adapter if --adapter is given.",
+        ),
+        "benchmark": (
+            [BenchmarkArguments, _method_arguments()],
+            benchmark_command,
+            "One of the paper's protocols on CoOp-layout data: trains and evaluates every (dataset, seed) cell, "
+            "resumes where it stopped, writes results.json, results.md and results.png to --out.",
         ),
         "make-offline-model": (
             [OfflineModelArguments],
