@@ -30,6 +30,7 @@ def test_train_eval_zero_shot(tiny_model, tmp_path, capsys):
     assert run.returncode == 0, run.stderr
     assert "RANDOM weights" in run.stdout and "Skip Tuning accuracy" in run.stdout
     assert sorted(os.listdir(out)) == [
+        ".lock",  # held by the run while it writes (see run_state.claim_output_dir)
         "README.md",
         "adapter_config.json",
         "adapter_model.safetensors",

@@ -12,6 +12,7 @@ are recognised, before the model is touched.
 from __future__ import annotations
 
 from peft.config import PeftConfig
+from torch import nn
 
 INJECTION_REFUSED = (
     "Skip Tuning adapters are loaded and created through peft's PeftModel, not through transformers' built-in adapter "
@@ -21,11 +22,18 @@ INJECTION_REFUSED = (
 )
 
 
-def refuse_direct_injection(peft_config: PeftConfig | dict) -> None:
+def refuse_direct_injection(model: nn.Module, peft_config: PeftConfig | dict) -> None:
     """Raises unless the tuner is being created by `PeftModel` (which passes a dict of configs).
+
+    Args:
+        model (`nn.Module`): The model the adapter was to be injected into; left as it was.
+        peft_config (`PeftConfig` or `dict`): What the tuner was created with.
 
     Raises:
         ValueError: Naming the peft entry points to use instead.
     """
-    if isinstance(peft_config, PeftConfig):
-        raise ValueError(INJECTION_REFUSED)
+    if not isinstance(peft_config, PeftConfig):
+        return
+    if not hasattr(model, "peft_config") and getattr(model, "_hf_peft_config_loaded", False):
+        model._hf_peft_config_loaded = False  # `add_adapter` sets it before injecting: no adapter was loaded
+    raise ValueError(INJECTION_REFUSED)

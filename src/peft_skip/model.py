@@ -41,7 +41,7 @@ class SkipModel(BaseTuner):
     target_module_mapping: dict = {}
 
     def __init__(self, model: nn.Module, peft_config: SkipConfig | dict, adapter_name: str, **kwargs) -> None:
-        refuse_direct_injection(peft_config)  # transformers' adapter loading would apply nothing
+        refuse_direct_injection(model, peft_config)  # transformers' adapter loading would apply nothing
         super().__init__(model, peft_config, adapter_name, **kwargs)
 
     def _prepare_adapter_config(self, peft_config: SkipConfig, model_config: dict) -> SkipConfig:
