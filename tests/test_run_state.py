@@ -3,6 +3,7 @@ never inherited, an unusable --out or a damaged checkpoint fails at once in one 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import torch
 from synthetic_images import write_folder
 
 import peft_skip  # noqa: F401
-from peft_skip import run_state
+from peft_skip import run_state, trainer
 from peft_skip.cli import main
 
 FAST = ["--shots", "4", "--skip-layers", "2", "--test-limit", "8", "--no-progress", "--lr", "1e-3", "--epochs", "1"]
@@ -66,9 +67,10 @@ def _rewrite(path) -> None:
 )
 def test_resume_names_what_differs_before_any_work(models, folder, tmp_path, capsys, change, field):
     assert _train(models[0], folder, tmp_path / "run") == 0
+    capsys.readouterr()
     extra = change(folder, models)
     args = ["train", "--model", models[0], "--data", str(folder), *FAST, "--out", str(tmp_path / "run")]
-    code = main([*args, *extra, "--epochs", "2", "--resume"])
+    code = main([*args, *extra, "--resume"])
     captured = capsys.readouterr()
     assert code == 2
     line = captured.err.strip().splitlines()[-1]
@@ -76,15 +78,28 @@ def test_resume_names_what_differs_before_any_work(models, folder, tmp_path, cap
     assert "zero-shot accuracy" not in captured.out  # refused before the evaluation
 
 
-def test_a_new_run_into_a_used_out_neither_loses_its_checkpoints_nor_resumes_anothers(models, folder, tmp_path):
+def test_a_new_run_into_a_used_out_neither_loses_its_checkpoints_nor_resumes_anothers(
+    models, folder, tmp_path, monkeypatch
+):
     out = tmp_path / "run"
     assert _train(models[0], folder, out, "--epochs", "3") == 0
     assert os.listdir(out / "checkpoints") == ["epoch-0003"]
-    # A new run (another seed) of 1 epoch: it once kept the earlier run's epoch-0003 and pruned its own epoch-0001.
-    assert _train(models[0], folder, out, "--seed", "7") == 0
+
+    def killed_after_the_first_checkpoint(*args, **kwargs):
+        save_checkpoint(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    # A new run (another seed) killed after its first epoch: it once pruned its own epoch-0001 and kept the earlier
+    # run's epoch-0003, which --resume then took.
+    save_checkpoint = trainer.save_checkpoint
+    monkeypatch.setattr(trainer, "save_checkpoint", killed_after_the_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        _train(models[0], folder, out, "--seed", "7", "--epochs", "3")
+    monkeypatch.undo()
     assert os.listdir(out / "checkpoints") == ["epoch-0001"]
-    assert _train(models[0], folder, out, "--seed", "7", "--epochs", "2", "--resume") == 0
-    state = torch.load(out / "checkpoints" / "epoch-0002" / run_state.TRAINER_STATE, weights_only=True)
+    assert _train(models[0], folder, out, "--seed", "7", "--epochs", "3", "--resume") == 0
+    assert json.loads((out / "metrics.json").read_text())["resumed_from_epoch"] == 1
+    state = torch.load(out / "checkpoints" / "epoch-0003" / run_state.TRAINER_STATE, weights_only=True)
     assert state["identity"]["training.seed"] == 7
 
 
@@ -140,7 +155,7 @@ def test_a_truncated_trainer_state_is_one_clear_line(models, folder, tmp_path, c
     state = out / "checkpoints" / "epoch-0001" / run_state.TRAINER_STATE
     state.write_bytes(state.read_bytes()[:200])
     capsys.readouterr()
-    assert _train(models[0], folder, out, "--epochs", "2", "--resume") == 2
+    assert _train(models[0], folder, out, "--resume") == 2
     line = _last_line(capsys)
     assert f"{state} is missing, truncated or corrupt" in line and "delete" in line
 
