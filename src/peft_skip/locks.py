@@ -1,8 +1,8 @@
 """One process at a time per directory: advisory file locks that the OS releases when their holder dies.
 
 `fcntl.flock` locks an open file description, so a killed run never leaves a lock behind (nothing to clean up, no
-stale-pid guessing), and locks here are re-entrant within a process: the CLI and the trainer may both claim the same
-output directory.
+stale-pid guessing). A lock is re-entrant within a thread (the CLI and the trainer may both claim the same output
+directory); another thread of the same process waits or fails like another process.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ import errno
 import fcntl
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 logger = logging.getLogger(__name__)
 
-# Lock files held by this process: real path -> (open file, nesting depth).
-_held: dict[str, list] = {}
+# Lock files held by each thread: real path -> [open file, nesting depth].
+_local = threading.local()
 
 
 class BusyError(OSError):
@@ -37,6 +38,7 @@ def file_lock(path: str | os.PathLike, purpose: str, wait: bool = False) -> Iter
         BusyError: `wait=False` and another process holds the lock; the message names its pid.
     """
     key = os.path.realpath(path)
+    _held = _local.__dict__.setdefault("held", {})
     if key in _held:
         _held[key][1] += 1
         try:
