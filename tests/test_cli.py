@@ -32,6 +32,7 @@ def test_train_eval_zero_shot(tiny_model, tmp_path, capsys):
     # The cache's messages reach the user; --no-progress silences every bar, the cache's too.
     assert "Building the image cache" in run.stderr and "it/s]" not in run.stderr.replace("\r", "\n")
     assert sorted(os.listdir(out)) == [
+        ".lock",  # held by the run while it writes (see run_state.claim_output_dir)
         "README.md",
         "adapter_config.json",
         "adapter_model.safetensors",

@@ -36,7 +36,9 @@ from .data import (
 )
 from .evaluation import evaluate_protocol, summary, tokenize_classes
 from .offline import OfflineModelArguments, has_random_weights, make_offline_model
+from .preflight import check_images_readable, check_launch
 from .protocols import BenchmarkArguments, run_benchmark
+from .run_state import claim_output_dir
 from .trainer import NonFiniteLossError, SkipTrainer, make_accelerator
 from .training_args import SkipTrainingArguments
 
@@ -83,6 +85,13 @@ def _write_json(path: str, payload: dict) -> None:
 
 
 def train_command(model_args: ModelArguments, data: DataArguments, method, training: SkipTrainingArguments) -> int:
+    check_launch()
+    # An unusable or busy --out fails here, before the zero-shot evaluation and the first epoch.
+    with claim_output_dir(training.output_dir, main_process=int(os.environ.get("RANK", "0")) == 0):
+        return _train(model_args, data, method, training)
+
+
+def _train(model_args: ModelArguments, data: DataArguments, method, training: SkipTrainingArguments) -> int:
     from peft import get_peft_model
 
     config = SkipConfig(**dataclasses.asdict(method))
@@ -98,6 +107,7 @@ def train_command(model_args: ModelArguments, data: DataArguments, method, train
     base_new = split_base_new(train_set.class_names) if training.preset == "base_to_new" else None
     if base_new is not None:
         train_set = subset_classes(train_set, base_new[0])
+    check_images_readable(train_set)
     model, processor = _load_model(model_args, say)
     classes = len(train_set.class_names)
     say(f"{data.data}: {len(train_set)} training images ({training.shots} shots x {classes} classes)")
@@ -109,12 +119,15 @@ def train_command(model_args: ModelArguments, data: DataArguments, method, train
         tokenizer, batch_size = processor.tokenizer, data.per_device_eval_batch_size
         return evaluate_protocol(model, tokenizer, test, eval_transform, template, base_new, batch_size)
 
-    zero_shot = evaluate()
-    say(f"zero-shot accuracy (base model): {summary(zero_shot)}")
     model = get_peft_model(model, config)
     prompts = tokenize_classes(model, processor.tokenizer, train_set.class_names, template)
     transform = ImageTransform.from_processor(processor, train=True)
     trainer = SkipTrainer(model, training, train_set, prompts, transform, accelerator=accelerator)
+    if training.resume_from_checkpoint:
+        trainer.check_resume()  # another run's checkpoint is refused before the zero-shot evaluation
+    with model.disable_adapter():
+        zero_shot = evaluate()
+    say(f"zero-shot accuracy (base model): {summary(zero_shot)}")
     try:
         with torch.autograd.set_detect_anomaly(training.detect_anomaly):
             result = trainer.train()

@@ -26,7 +26,17 @@ from .cache import ImageCache, build_text_cache
 from .classes import ClassSelector
 from .config import SkipConfig
 from .loss import SkipTuningStep
-from .run_state import list_checkpoints, load_checkpoint, save_adapter, save_checkpoint
+from .preflight import warn_if_untrainable
+from .run_state import (
+    check_resumable,
+    claim_output_dir,
+    list_checkpoints,
+    load_checkpoint,
+    run_identity,
+    save_adapter,
+    save_checkpoint,
+    start_new_run,
+)
 from .towers import get_towers
 from .training_args import SkipTrainingArguments, class_batches, lr_lambda, make_optimizer, uses_class_batches
 
@@ -119,6 +129,7 @@ class SkipTrainer:
                 f"Got {prompts['input_ids'].shape[0]} prompts for {len(train_set.class_names)} classes; tokenise one "
                 "prompt per class, in class order."
             )
+        warn_if_untrainable(train_set.class_names, prompts)
         self.model = model
         self.args = args
         self.train_set = train_set
@@ -131,6 +142,11 @@ class SkipTrainer:
         self.towers = get_towers(model)
         self.per_class = uses_class_batches(args, self.labels)
 
+    def check_resume(self) -> None:
+        """Raises if the latest checkpoint in `output_dir` is damaged or of another run (naming what differs); for
+        callers that want to know before any expensive work. `train` checks it again."""
+        check_resumable(self.args.output_dir, run_identity(self.args, self.config, self.train_set, self.prompts))
+
     def train(self, resume_from_checkpoint: bool | None = None) -> TrainResult:
         """Runs the training and saves the adapter to `args.output_dir`.
 
@@ -140,7 +156,12 @@ class SkipTrainer:
 
         Raises:
             NonFiniteLossError: The loss became NaN or infinite; the last good checkpoint is kept.
+            OSError: `output_dir` is unusable or another run is writing to it.
         """
+        with claim_output_dir(self.args.output_dir, self.accelerator.is_main_process):
+            return self._train(resume_from_checkpoint)
+
+    def _train(self, resume_from_checkpoint: bool | None) -> TrainResult:
         args, accelerator = self.args, self.accelerator
         if resume_from_checkpoint is None:
             resume_from_checkpoint = args.resume_from_checkpoint
@@ -153,10 +174,13 @@ class SkipTrainer:
         # Stepped here once per optimiser step, so not handed to Accelerate (which would step it once per process).
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args, steps_per_epoch))
         result = TrainResult()
+        identity = run_identity(args, self.config, self.train_set, self.prompts)
         if resume_from_checkpoint:
             result.resumed_from_epoch = load_checkpoint(
-                self.model, args.output_dir, args.run_identity(), optimizer, scheduler, accelerator.device
+                self.model, args.output_dir, identity, optimizer, scheduler, accelerator.device
             )
+        elif accelerator.is_main_process:
+            start_new_run(args.output_dir)
         step, optimizer = accelerator.prepare(self._step_module(), optimizer)
 
         cache = None
@@ -191,7 +215,7 @@ class SkipTrainer:
                     self.model,
                     args.output_dir,
                     epoch + 1,
-                    args.run_identity(),
+                    identity,
                     optimizer,
                     scheduler,
                     args.save_total_limit,

@@ -126,9 +126,10 @@ class SkipTrainingArguments:
                 f"SkipTrainingArguments.warmup_epochs={self.warmup_epochs} is invalid; expected 0 <= warmup_epochs < "
                 f"num_train_epochs ({self.num_train_epochs})."
             )
-        if not (self.learning_rate > 0 and self.warmup_lr > 0):
+        if not (0 < self.learning_rate < math.inf and 0 < self.warmup_lr < math.inf):
             raise ValueError(
-                f"Learning rates must be > 0; got learning_rate={self.learning_rate}, warmup_lr={self.warmup_lr}."
+                f"Learning rates must be finite and > 0; got learning_rate={self.learning_rate}, "
+                f"warmup_lr={self.warmup_lr}."
             )
 
     def run_identity(self) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
 
 # Per-dataset prompt templates of the CoOp family of papers (CoOp, CoCoOp, MaPLe, PromptSRC, Skip Tuning).
@@ -35,9 +36,16 @@ def build_prompts(class_names: Sequence[str], template: str = "a photo of a {}."
         template (`str`): A key of `TEMPLATES` or a format string with exactly one `{}`.
     """
     template = TEMPLATES.get(template, template)
-    if template.count("{}") != 1:
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)]
+    except ValueError as error:  # a stray '{' or '}'
+        raise ValueError(
+            f"Template {template!r} is not a valid format string ({error}); write a literal brace as '{{{{' or '}}}}'."
+        ) from None
+    fields = [field for field in fields if field[0] is not None]
+    if fields != [("", "", None)]:
         raise ValueError(
             f"Template {template!r} must be a key of TEMPLATES ({sorted(TEMPLATES)}) "
-            "or a string with exactly one '{}'."
+            "or a string with exactly one '{}' (and no other '{...}'; write a literal brace as '{{' or '}}')."
         )
     return [template.format(" ".join(name.replace("_", " ").split())) for name in class_names]
