@@ -159,7 +159,8 @@ class SkipModel(BaseTuner):
             parameter = rest.partition(".")[2]
             tuned = layer.skip_tuned[adapter_name][parameter]
             base = layer.base_layer.get_parameter(parameter_name(parameter))
-            weights[key] = base.detach().to(tuned.dtype) + value.to(device=tuned.device, dtype=tuned.dtype)
+            # Added in float32: exact for float16 weights and float32 deltas (a resumed run goes on from the same `W`).
+            weights[key] = (base.detach().float() + value.to(tuned.device).float()).to(tuned.dtype)
         return weights
 
 
