@@ -65,7 +65,9 @@ def test_base_to_new_resume(tiny_model, tmp_path):
     assert set(metrics["tuned"]) == {"base", "new", "harmonic_mean"}
     assert set(metrics["tuned"]["base"]["per_class"]) <= {"0", "1", "2", "3", "4"}
     assert metrics["history"][0]["lr"] == pytest.approx(1e-6)  # warm-up epoch
+    assert metrics["history"][1]["vision_lr"] == pytest.approx(5e-6)  # the image tower's peak, a quarter of the text's
     assert metrics["training_arguments"]["learning_rate"] == 2e-5
+    assert metrics["training_arguments"]["precision"] == "fp16_reference"  # the recipe's, unless asked otherwise
 
     # Resuming a finished run trains no further epoch and keeps its result.
     assert main([*args, "--resume"]) == 0
@@ -77,7 +79,7 @@ def test_base_to_new_resume(tiny_model, tmp_path):
 def test_every_option_is_explained():
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert set(commands) == {"train", "eval", "zero-shot", "benchmark", "make-offline-model"}
+    assert set(commands) == {"train", "eval", "zero-shot", "benchmark", "make-offline-model", "recipe"}
     for name, command in commands.items():
         for action in command._actions:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"

@@ -1,7 +1,8 @@
 """`peft-skip`: train, evaluate and zero-shot CLIP-family models with Skip Tuning from the command line.
 
 Wiring only: every option is a field of a dataclass (`SkipConfig`, `SkipTrainingArguments`, `ModelArguments`,
-`DataArguments`, `EvalArguments`, `OfflineModelArguments`), turned into flags by `transformers.HfArgumentParser`.
+`DataArguments`, `EvalArguments`, `OfflineModelArguments`, `RecipeArguments`), turned into flags by
+`transformers.HfArgumentParser`.
 `--config FILE` (JSON or YAML) sets any of them; flags given on the command line win. Every command works offline
 with a local model directory; run `train` under `accelerate launch` for several processes or GPUs.
 """
@@ -36,8 +37,10 @@ from .data import (
 )
 from .evaluation import evaluate_protocol, summary, tokenize_classes
 from .offline import OfflineModelArguments, has_random_weights, make_offline_model
+from .precision import to_reference_fp16
 from .preflight import check_images_readable, check_launch
 from .protocols import BenchmarkArguments, run_benchmark
+from .recipes import RecipeArguments, reference_recipe
 from .run_state import claim_output_dir
 from .trainer import NonFiniteLossError, SkipTrainer, make_accelerator
 from .training_args import SkipTrainingArguments
@@ -99,12 +102,13 @@ def _train(model_args: ModelArguments, data: DataArguments, method, training: Sk
         transformers.utils.logging.disable_progress_bar()
     accelerator = make_accelerator(training.mixed_precision)
     say = accelerator.print
-    template = data.resolved_template()
+    recipe = training.recipe()
+    template = data.template or (recipe.train_template if training.recipe_dataset else data.resolved_template())
     train_set = sample_few_shot(
         load_dataset_spec(data.data, "train", data_root=data.data_root), training.shots, training.seed
     )
     test = _test_set(data)
-    base_new = split_base_new(train_set.class_names) if training.preset == "base_to_new" else None
+    base_new = split_base_new(train_set.class_names) if training.protocol == "base_to_new" else None
     if base_new is not None:
         train_set = subset_classes(train_set, base_new[0])
     check_images_readable(train_set)
@@ -112,6 +116,8 @@ def _train(model_args: ModelArguments, data: DataArguments, method, training: Sk
     classes = len(train_set.class_names)
     say(f"{data.data}: {len(train_set)} training images ({training.shots} shots x {classes} classes)")
 
+    if training.precision == "fp16_reference":
+        to_reference_fp16(model)  # before the zero-shot evaluation, so that both accuracies use the same weights
     model.to(accelerator.device)
     eval_transform = ImageTransform.from_processor(processor, train=False)
 
@@ -212,6 +218,41 @@ def benchmark_command(args: BenchmarkArguments, method) -> int:
     return 0
 
 
+# The `peft-skip train` options a recipe sets, beside the method's (`SkipConfig`) and the prompt template.
+_RECIPE_TRAIN_OPTIONS = (
+    "protocol",
+    "recipe_dataset",
+    "num_train_epochs",
+    "learning_rate",
+    "vision_learning_rate",
+    "warmup_epochs",
+    "warmup_lr",
+    "lr_scheduler_type",
+    "batch_size",
+    "optim",
+    "momentum",
+    "weight_decay",
+    "sampler",
+    "dataloader_drop_last",
+    "precision",
+)
+
+
+def recipe_command(args: RecipeArguments) -> int:
+    recipe = reference_recipe(args.protocol, args.dataset, strict=True)
+    if not args.as_train_config:
+        print(json.dumps(recipe.to_dict(), indent=2))
+        return 0
+    training = SkipTrainingArguments(output_dir="", protocol=args.protocol, recipe_dataset=args.dataset)
+    options = {name: getattr(training, name) for name in _RECIPE_TRAIN_OPTIONS}
+    method = {
+        name: getattr(recipe, name)
+        for name in ("skip_layers", "class_ratio", "max_classes", "class_decay", "token_drop")
+    }
+    print(json.dumps(options | method | {"template": recipe.train_template}, indent=2))
+    return 0
+
+
 def _commands() -> dict[str, tuple[list[type], typing.Callable, str]]:
     """Sub-command -> (its argument dataclasses, the function taking their instances, its help)."""
     return {
@@ -236,6 +277,12 @@ def _commands() -> dict[str, tuple[list[type], typing.Callable, str]]:
             [OfflineModelArguments],
             offline_model_command,
             "Write a model directory with RANDOM weights (for machines that cannot download checkpoints).",
+        ),
+        "recipe": (
+            [RecipeArguments],
+            recipe_command,
+            "Print the paper's training recipe for --protocol and --dataset as JSON (the values `train` uses for "
+            "every option left unset; --as-train-config prints them as a `train --config` file).",
         ),
     }
 

@@ -171,9 +171,8 @@ class SkipModel(BaseTuner):
             base = layer.base_layer.get_parameter(parameter_name(parameter))
             # With `low_cpu_mem_usage=True` the copies are empty (meta) until loaded: compute on the base's device.
             device = base.device if tuned.is_meta else tuned.device
-            weights[key] = base.detach().to(device=device, dtype=tuned.dtype) + value.to(
-                device=device, dtype=tuned.dtype
-            )
+            # Added in float32: exact for float16 weights and float32 deltas (a resumed run goes on from the same `W`).
+            weights[key] = (base.detach().to(device).float() + value.to(device).float()).to(tuned.dtype)
         return weights
 
 

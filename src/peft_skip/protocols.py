@@ -136,16 +136,16 @@ def cell_training_arguments(
     trains no further epoch, an interrupted one continues.
     """
     recipe = reference_recipe(args.protocol, dataset)
-    epochs = args.num_train_epochs or recipe.epochs
+    epochs = args.num_train_epochs
     return SkipTrainingArguments(
         output_dir=output_dir,
-        preset="cross_dataset" if args.protocol == "domain_generalization" else args.protocol,
+        protocol=args.protocol,
+        recipe_dataset=dataset,
         shots=args.shots,
         num_train_epochs=epochs,
-        learning_rate=args.learning_rate or recipe.text_lr,
+        learning_rate=args.learning_rate,
         # A run shortened with --epochs keeps at least one epoch after the warm-up.
-        warmup_epochs=min(recipe.warmup_epochs, epochs - 1),
-        warmup_lr=recipe.warmup_lr,
+        warmup_epochs=None if epochs is None else min(recipe.warmup_epochs, epochs - 1),
         mixed_precision=args.mixed_precision,
         seed=seed,
         resume_from_checkpoint=True,
