@@ -16,11 +16,13 @@ from safetensors import safe_open
 from torch.nn import functional as F
 
 from peft_skip import SkipConfig
+from peft_skip.batches import class_batches
 from peft_skip.evaluation import evaluate_accuracy
 from peft_skip.layer import SkipLayer
 from peft_skip.recipes import reference_recipe, with_overrides
+from peft_skip.schedule import lr_lambda, make_optimizer, make_scheduler
 from peft_skip.trainer import NonFiniteLossError, SkipTrainer
-from peft_skip.training_args import SkipTrainingArguments, class_batches, lr_lambda, make_optimizer, make_scheduler
+from peft_skip.training_args import SkipTrainingArguments
 
 NUM_CLASSES = 3
 

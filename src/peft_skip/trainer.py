@@ -22,6 +22,7 @@ from accelerate import Accelerator
 from peft import PeftModel
 from tqdm.auto import tqdm
 
+from .batches import class_batches, uses_class_batches
 from .cache import ImageCache, build_text_cache
 from .classes import ClassSelector
 from .config import SkipConfig
@@ -38,8 +39,9 @@ from .run_state import (
     save_checkpoint,
     start_new_run,
 )
+from .schedule import make_optimizer, make_scheduler
 from .towers import get_towers
-from .training_args import SkipTrainingArguments, class_batches, make_optimizer, make_scheduler, uses_class_batches
+from .training_args import SkipTrainingArguments
 
 
 def make_accelerator(mixed_precision: str = "no") -> Accelerator:

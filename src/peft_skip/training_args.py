@@ -13,16 +13,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
-from torch import nn
-
 from .config import StorageDtype
 from .recipes import PROTOCOLS, REFERENCE_DATASETS, Recipe, reference_recipe
-from .towers import get_towers
 
 
 def _arg(default, help: str, *aliases: str, **kwargs):
@@ -206,111 +201,30 @@ def _choices(hint) -> tuple | None:
     return (*typing.get_args(literals[0]), None) if literals else None
 
 
-def make_optimizer(model: nn.Module, args: SkipTrainingArguments) -> torch.optim.Optimizer:
-    """The optimiser of the trainable parameters, in two named groups: `"vision"` (the image tower's layers and head)
-    at `args.vision_learning_rate`, and `"text"` (every other trainable parameter: the text tower's) at
-    `args.learning_rate`.
-
-    Args:
-        model (`nn.Module`): The model being trained (a `PeftModel` or its base model).
-        args (`SkipTrainingArguments`): Gives the optimiser and its settings.
-    """
-    towers = get_towers(model)
-    vision = {id(p) for p in towers.vision.layer_and_head_parameters()} if towers.vision is not None else set()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"name": "text", "params": [p for p in trainable if id(p) not in vision], "lr": args.learning_rate},
-        {"name": "vision", "params": [p for p in trainable if id(p) in vision], "lr": args.vision_learning_rate},
-    ]
-    groups = [group for group in groups if group["params"]]
-    if args.optim == "sgd":
-        return torch.optim.SGD(groups, lr=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay)
-    return torch.optim.AdamW(groups, lr=args.learning_rate, weight_decay=args.weight_decay)
+# The `peft-skip train` options a recipe sets, beside the method's (`SkipConfig`) and the prompt template.
+_RECIPE_TRAIN_OPTIONS = (
+    "protocol",
+    "recipe_dataset",
+    "num_train_epochs",
+    "learning_rate",
+    "vision_learning_rate",
+    "warmup_epochs",
+    "warmup_lr",
+    "lr_scheduler_type",
+    "batch_size",
+    "optim",
+    "momentum",
+    "weight_decay",
+    "sampler",
+    "dataloader_drop_last",
+    "precision",
+)
 
 
-def lr_lambda(args: SkipTrainingArguments, peak_lr: float, steps_per_epoch: int = 1) -> Callable[[int], float]:
-    """Factor of `peak_lr` (a parameter group's learning rate) after `t` steps of the scheduler.
-
-    `dassl_cosine` (`t` counts epochs, the scheduler is stepped once per epoch): `warmup_epochs` epochs at
-    `warmup_lr`, then the cosine restarts at `peak_lr` and decays over `num_train_epochs` epochs, as Dassl's
-    `ConstantWarmupScheduler` around `CosineAnnealingLR` does (`Recipe.lr_at_epoch`). `cosine_per_step` (`t` counts
-    optimiser steps, `steps_per_epoch` per epoch): warm-up, then a cosine over all steps, warm-up included, that goes
-    on where it would be.
-    """
-    warmup = args.warmup_lr / peak_lr if args.warmup_epochs else 1.0
-    if args.lr_scheduler_type == "dassl_cosine":
-
-        def per_epoch(epoch: int) -> float:
-            if epoch < args.warmup_epochs:
-                return warmup
-            return 0.5 * (1.0 + math.cos(math.pi * (epoch - args.warmup_epochs) / args.num_train_epochs))
-
-        return per_epoch
-    total = args.num_train_epochs * steps_per_epoch
-    warmup_steps = args.warmup_epochs * steps_per_epoch
-
-    def per_step(step: int) -> float:
-        if step < warmup_steps:
-            return warmup
-        return 0.5 * (1.0 + math.cos(math.pi * step / total))
-
-    return per_step
-
-
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, args: SkipTrainingArguments, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """The schedule of every parameter group (see `lr_lambda`); step it once per epoch for `dassl_cosine`, once per
-    optimiser step for `cosine_per_step`."""
-    factors = [lr_lambda(args, group["lr"], steps_per_epoch) for group in optimizer.param_groups]
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
-
-
-def class_batches(
-    labels: torch.Tensor,
-    batch_size: int,
-    per_class: bool,
-    generator: torch.Generator,
-    drop_last: bool = False,
-) -> list[torch.Tensor]:
-    """One epoch of batches of image indices, each image at most once.
-
-    The reference's samplers (`trainers/feature_loader.py`): "random" draws `batch_size` images at a time from those
-    left; "batch_random" repeatedly picks a class uniformly among the classes with images left and draws `batch_size`
-    of its images. Both stop drawing from a pool once fewer than `batch_size` images remain (`drop_last`).
-
-    Args:
-        labels (`torch.Tensor`): Class of every training image, shape `(n,)`.
-        batch_size (`int`): Images per batch.
-        per_class (`bool`): Draw every batch from a single class (the reference's "batch_random").
-        generator (`torch.Generator`): Source of the shuffling.
-        drop_last (`bool`): Drop incomplete batches (per class with `per_class`); else they are kept, smaller.
-
-    Returns:
-        `list[torch.Tensor]`: Index tensors of shape `(batch_size,)` (`(≤ batch_size,)` without `drop_last`) in
-        training order.
-    """
-
-    def chunks(indices: torch.Tensor) -> list[torch.Tensor]:
-        split = list(indices[torch.randperm(len(indices), generator=generator)].split(batch_size))
-        return [b for b in split if len(b) == batch_size] if drop_last else split
-
-    if not per_class:
-        return chunks(torch.arange(len(labels)))
-    pools = [chunks((labels == c).nonzero().flatten()) for c in labels.unique(sorted=True)]
-    pools = [pool for pool in pools if pool]
-    batches = []
-    while pools:
-        i = int(torch.randint(len(pools), (), generator=generator))
-        batches.append(pools[i].pop(0))
-        if not pools[i]:
-            del pools[i]
-    return batches
-
-
-def uses_class_batches(args: SkipTrainingArguments, labels: torch.Tensor) -> bool:
-    """Whether batches come from one class each: `sampler="class"`, or `"auto"` when every class has at least 4
-    images (the reference's rule: "batch_random" from 4 shots on) and, with `dataloader_drop_last`, a full batch."""
-    smallest = int(torch.bincount(labels).min())
-    enough = smallest >= 4 and (smallest >= args.batch_size or not args.dataloader_drop_last)
-    return args.sampler == "class" or (args.sampler == "auto" and enough)
+def recipe_train_config(protocol: str, dataset: str | None) -> dict:
+    """The `peft-skip train --config` values of the paper's recipe: training options, method settings, template."""
+    recipe = reference_recipe(protocol, dataset, strict=True)
+    training = SkipTrainingArguments(output_dir="", protocol=protocol, recipe_dataset=dataset)
+    options = {name: getattr(training, name) for name in _RECIPE_TRAIN_OPTIONS}
+    method = {name: getattr(recipe, name) for name in ("skip_layers", "class_ratio", "max_classes", "class_decay")}
+    return options | method | {"token_drop": recipe.token_drop, "template": recipe.train_template}
