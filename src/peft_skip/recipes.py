@@ -33,27 +33,14 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
+from .data.coop import COOP_DATASETS, DOMAIN_SHIFT_DATASETS, TRAIN_DATASETS
 from .data.prompts import TEMPLATES
 
 PROTOCOLS = ("few_shot", "base_to_new", "cross_dataset", "domain_generalization")
 
-# The 11 datasets the reference trains on in base-to-new and few-shot (`configs.py`, `datasets_base_to_new`).
-TRAIN_DATASETS = (
-    "imagenet",
-    "caltech101",
-    "oxford_pets",
-    "stanford_cars",
-    "oxford_flowers",
-    "food101",
-    "fgvc_aircraft",
-    "sun397",
-    "dtd",
-    "eurosat",
-    "ucf101",
-)
-# Test-only sets: the same ImageNet-trained model is evaluated on them (domain generalisation).
-DOMAIN_SHIFT_DATASETS = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
-REFERENCE_DATASETS = TRAIN_DATASETS + DOMAIN_SHIFT_DATASETS
+# The reference trains on TRAIN_DATASETS in base-to-new and few-shot (`configs.py`, `datasets_base_to_new`) and
+# evaluates the ImageNet model on DOMAIN_SHIFT_DATASETS (domain generalisation).
+REFERENCE_DATASETS = COOP_DATASETS
 CROSS_DATASET_TARGETS = tuple(name for name in TRAIN_DATASETS if name != "imagenet")
 
 # Dassl's class name of each dataset (`DATASET.NAME`, the key of the reference's template table).
