@@ -151,9 +151,9 @@ def prepare(args: argparse.Namespace, work_dir: str) -> dict:
     """Writes the model (for offline shapes) and the workload every method process reads; returns their facts."""
     from transformers import AutoProcessor, CLIPConfig
 
+    from peft_skip.batches import class_batches
     from peft_skip.data import ImageTransform, build_prompts, load_fashion_mnist
     from peft_skip.offline import make_offline_model
-    from peft_skip.training_args import class_batches
 
     train, synthetic = training_set(args.classes, args.shots, args.seed)
     model_dir = args.arch

@@ -31,7 +31,7 @@ model = get_peft_model(model, SkipConfig(skip_layers=2, class_ratio=0.5))
 with model.disable_adapter():
     zero_shot = evaluate_accuracy(model, test_set, prompts, eval_transform)
 
-args = SkipTrainingArguments(output_dir=f"{work}/run", preset="few_shot", num_train_epochs=2, learning_rate=1e-3)
+args = SkipTrainingArguments(output_dir=f"{work}/run", protocol="few_shot", num_train_epochs=2, learning_rate=1e-3)
 result = SkipTrainer(model, args, train_set, prompts, ImageTransform.from_processor(processor, train=True)).train()
 tuned = evaluate_accuracy(model, test_set, prompts, eval_transform)
 

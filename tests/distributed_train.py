@@ -15,7 +15,13 @@ def run(output_dir: str) -> dict[str, torch.Tensor]:
     """Two epochs, global batch 4, cache views; returns the deltas (saved by the main process to deltas.pt)."""
     model = skip_model()
     args = SkipTrainingArguments(
-        output_dir=output_dir, num_train_epochs=2, learning_rate=0.05, cache_mode="views", views=2, disable_tqdm=True
+        output_dir=output_dir,
+        num_train_epochs=2,
+        learning_rate=0.05,
+        precision="fp32",
+        cache_mode="views",
+        views=2,
+        disable_tqdm=True,
     )
     trainer = SkipTrainer(model, args, TensorImages(per_class=5), prompts(), jitter)
     trainer.train()

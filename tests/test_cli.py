@@ -25,11 +25,14 @@ def test_train_eval_zero_shot(tiny_model, tmp_path, capsys):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(["src", os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "peft_skip.cli", "train", "--model", tiny_model, *TRAIN, "--epochs", "2"]
-    command += ["--lr", "1e-3", "--mixed-precision", "bf16", "--out", str(out)]
+    command += ["--lr", "1e-3", "--mixed-precision", "bf16", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert "RANDOM weights" in run.stdout and "Skip Tuning accuracy" in run.stdout
+    assert run.stdout.count("RANDOM weights") == 1 and "Skip Tuning accuracy" in run.stdout
+    # The cache's messages reach the user; --no-progress silences every bar, the cache's too.
+    assert "Building the image cache" in run.stderr and "it/s]" not in run.stderr.replace("\r", "\n")
     assert sorted(os.listdir(out)) == [
+        ".lock",  # held by the run while it writes (see run_state.claim_output_dir)
         "README.md",
         "adapter_config.json",
         "adapter_model.safetensors",
@@ -62,7 +65,9 @@ def test_base_to_new_resume(tiny_model, tmp_path):
     assert set(metrics["tuned"]) == {"base", "new", "harmonic_mean"}
     assert set(metrics["tuned"]["base"]["per_class"]) <= {"0", "1", "2", "3", "4"}
     assert metrics["history"][0]["lr"] == pytest.approx(1e-6)  # warm-up epoch
+    assert metrics["history"][1]["vision_lr"] == pytest.approx(5e-6)  # the image tower's peak, a quarter of the text's
     assert metrics["training_arguments"]["learning_rate"] == 2e-5
+    assert metrics["training_arguments"]["precision"] == "fp16_reference"  # the recipe's, unless asked otherwise
 
     # Resuming a finished run trains no further epoch and keeps its result.
     assert main([*args, "--resume"]) == 0
@@ -74,7 +79,7 @@ def test_base_to_new_resume(tiny_model, tmp_path):
 def test_every_option_is_explained():
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert set(commands) == {"train", "eval", "zero-shot", "make-offline-model"}
+    assert set(commands) == {"train", "eval", "zero-shot", "benchmark", "make-offline-model", "recipe"}
     for name, command in commands.items():
         for action in command._actions:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"

@@ -7,14 +7,10 @@ import math
 
 import pytest
 
-from peft_skip.recipes import (
-    PROTOCOLS,
-    REFERENCE_DATASETS,
-    REFERENCE_TEMPLATES,
-    Recipe,
-    reference_recipe,
-    with_overrides,
-)
+from peft_skip.cli import _parse, main
+from peft_skip.data import TEMPLATES
+from peft_skip.recipes import PROTOCOLS, REFERENCE_DATASETS, Recipe, reference_recipe, with_overrides
+from peft_skip.training_args import SkipTrainingArguments
 
 # Shared by every protocol: trainers/_base_/defaults.py (SGD), the three yaml files (batch 4, 224 bicubic, transforms),
 # train.py extend_cfg (fp16, START_LAYER 6, TOP_RATIO 0.5, MAX_TOP 50, LAMBDA 0.3, DROP_RATIO 0), configs.py (seeds).
@@ -24,7 +20,7 @@ COMMON = dict(
     weight_decay=5e-4,
     nesterov=False,
     dampening=0.0,
-    schedule="dassl_cosine_per_epoch",
+    schedule="dassl_cosine",
     batch_size=4,
     sampler="batch_random",
     sampler_min_shots=4,
@@ -128,7 +124,7 @@ def test_recipe_matches_the_reference_field_by_field(protocol, dataset):
     expected = {**COMMON, **TABLE[protocol, dataset], "protocol": protocol, "dataset": dataset, "reference": True}
     for key, value in expected.items():
         assert got[key] == value, f"{protocol}/{dataset}: {key} is {got[key]!r}, the reference has {value!r}"
-    assert got["train_template"] == REFERENCE_TEMPLATES[expected["train_dataset"]]
+    assert got["train_template"] == TEMPLATES[expected["train_dataset"]]
     json.dumps(got)  # JSON-ready
 
 
@@ -139,14 +135,14 @@ def test_every_protocol_covers_imagenet_and_two_other_datasets():
 
 
 def test_reference_templates_cover_all_15_datasets_and_differ_from_coop_where_the_paper_does():
-    assert set(REFERENCE_DATASETS) <= set(REFERENCE_TEMPLATES)
-    assert REFERENCE_TEMPLATES["dtd"] == "itap of a {}."
-    assert REFERENCE_TEMPLATES["oxford_flowers"] == "a close-up photo of a {}."
-    assert REFERENCE_TEMPLATES["stanford_cars"] == "a photo of the {}, a type of car."
-    assert REFERENCE_TEMPLATES["oxford_pets"] == "a bad photo of a {}, a type of pet."
-    assert REFERENCE_TEMPLATES["imagenet_r"] == "a rendition of a {}."
-    assert REFERENCE_TEMPLATES["imagenetv2"] == "a photo of a {}."
-    assert all(template.count("{}") == 1 for template in REFERENCE_TEMPLATES.values())
+    assert set(REFERENCE_DATASETS) <= set(TEMPLATES)
+    assert TEMPLATES["dtd"] == "itap of a {}."
+    assert TEMPLATES["oxford_flowers"] == "a close-up photo of a {}."
+    assert TEMPLATES["stanford_cars"] == "a photo of the {}, a type of car."
+    assert TEMPLATES["oxford_pets"] == "a bad photo of a {}, a type of pet."
+    assert TEMPLATES["imagenet_r"] == "a rendition of a {}."
+    assert TEMPLATES["imagenetv2"] == "a photo of a {}."
+    assert all(template.count("{}") == 1 for template in TEMPLATES.values())
 
 
 def test_schedule_warmup_then_cosine_restarting_at_the_peak():
@@ -205,3 +201,79 @@ def test_recipe_is_frozen_and_overrides_are_explicit():
     with pytest.raises(ValueError, match="no field"):
         with_overrides(recipe, epoch=3)
     assert isinstance(changed, Recipe)
+
+
+# The keys issue 11 asks `peft-skip recipe` to print, at least.
+PRINTED = ("text_lr", "vision_lr", "epochs", "warmup_epochs", "warmup_lr", "schedule", "batch_size", "momentum")
+PRINTED += ("weight_decay", "template", "precision")
+
+
+@pytest.mark.parametrize("protocol, dataset", sorted(TABLE))
+def test_recipe_command_prints_the_reference_field_by_field(protocol, dataset, capsys):
+    assert main(["recipe", "--protocol", protocol, "--dataset", dataset]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = {**COMMON, **TABLE[protocol, dataset], "protocol": protocol, "dataset": dataset}
+    assert set(PRINTED) <= set(printed)
+    for key, value in expected.items():
+        assert printed[key] == value, f"{protocol}/{dataset}: {key} is {printed[key]!r}, the reference has {value!r}"
+
+
+@pytest.mark.parametrize("protocol, dataset", sorted(TABLE))
+def test_training_arguments_resolve_to_the_reference(protocol, dataset):
+    args = SkipTrainingArguments(output_dir="unused", protocol=protocol, recipe_dataset=dataset)
+    expected = {**COMMON, **TABLE[protocol, dataset]}
+    resolved = dict(
+        learning_rate=args.learning_rate,
+        vision_learning_rate=args.vision_learning_rate,
+        num_train_epochs=args.num_train_epochs,
+        warmup_epochs=args.warmup_epochs,
+        warmup_lr=args.warmup_lr,
+        lr_scheduler_type=args.lr_scheduler_type,
+        batch_size=args.batch_size,
+        optim=args.optim,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        dataloader_drop_last=args.dataloader_drop_last,
+        precision=args.precision,
+    )
+    assert resolved == dict(
+        learning_rate=expected["text_lr"],
+        vision_learning_rate=expected["vision_lr"],
+        num_train_epochs=expected["epochs"],
+        warmup_epochs=expected["warmup_epochs"],
+        warmup_lr=expected["warmup_lr"],
+        lr_scheduler_type=expected["schedule"],
+        batch_size=expected["batch_size"],
+        optim=expected["optimizer"],
+        momentum=expected["momentum"],
+        weight_decay=expected["weight_decay"],
+        dataloader_drop_last=expected["drop_last"],
+        precision=expected["precision"],
+    )
+
+
+def test_recipe_as_train_config_round_trips_through_train_config(tmp_path, capsys):
+    assert main(["recipe", "--preset", "cross_dataset", "--dataset", "imagenet", "--as-train-config"]) == 0
+    config = tmp_path / "recipe.json"
+    config.write_text(capsys.readouterr().out)
+    command, (_, data, method, training) = _parse(
+        ["train", "--config", str(config), "--model", "m", "--data", "digits", "--out", str(tmp_path)]
+    )
+    assert command == "train" and data.template == "a photo of a {}."
+    assert (method.skip_layers, method.class_ratio, method.max_classes, method.class_decay) == (6, 0.5, 50, 0.3)
+    reference = SkipTrainingArguments(output_dir=str(tmp_path), protocol="cross_dataset", recipe_dataset="imagenet")
+    assert training == reference
+    assert (training.vision_learning_rate, training.num_train_epochs, training.warmup_lr) == (1e-6, 5, 1e-8)
+
+
+def test_no_dataset_gives_the_protocols_defaults(capsys):
+    assert main(["recipe", "--protocol", "base_to_new"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["dataset"] is None and printed["epochs"] == 20 and printed["template"] == "a photo of a {}."
+    args = SkipTrainingArguments(output_dir="unused", protocol="base_to_new", learning_rate=0.1)
+    assert (args.num_train_epochs, args.vision_learning_rate) == (20, pytest.approx(0.025))  # the recipe's ratio
+    assert SkipTrainingArguments(output_dir="unused", protocol="cross_dataset").num_train_epochs == 5  # ImageNet's
+    with pytest.raises(SystemExit):
+        main(["recipe", "--protocol", "base_to_new", "--dataset", "imagenet_1k"])
+    assert main(["recipe", "--protocol", "base_to_new", "--dataset", "imagenet_a"]) == 2
+    assert "test-only" in capsys.readouterr().err

@@ -12,12 +12,17 @@ import pytest
 import torch
 from conftest import text_batch, tiny_clip
 from peft import get_peft_model, get_peft_model_state_dict
+from safetensors import safe_open
 from torch.nn import functional as F
 
 from peft_skip import SkipConfig
+from peft_skip.batches import class_batches
 from peft_skip.evaluation import evaluate_accuracy
+from peft_skip.layer import SkipLayer
+from peft_skip.recipes import reference_recipe, with_overrides
+from peft_skip.schedule import lr_lambda, make_optimizer, make_scheduler
 from peft_skip.trainer import NonFiniteLossError, SkipTrainer
-from peft_skip.training_args import PRESETS, SkipTrainingArguments, class_batches, lr_lambda
+from peft_skip.training_args import SkipTrainingArguments
 
 NUM_CLASSES = 3
 
@@ -58,7 +63,7 @@ def skip_model(seed: int = 0, **config) -> torch.nn.Module:
 
 
 def train(model, tmp_path, data=None, transform=jitter, resume=False, **args) -> SkipTrainer:
-    args = {"num_train_epochs": 3, "learning_rate": 0.05, "disable_tqdm": True, **args}
+    args = {"num_train_epochs": 3, "learning_rate": 0.05, "precision": "fp32", "disable_tqdm": True, **args}
     trainer = SkipTrainer(
         model, SkipTrainingArguments(output_dir=str(tmp_path), **args), data or TensorImages(), prompts(), transform
     )
@@ -124,62 +129,200 @@ def test_one_step_equals_full_finetuning(tmp_path, skip_layers):
     assert checked == 2 * 16 * (4 - skip_layers) + 6  # 16 tensors per layer, 6 in the heads
 
 
-def test_presets_and_overrides(tmp_path):
-    args = SkipTrainingArguments(output_dir=str(tmp_path), preset="base_to_new")
-    assert (args.learning_rate, args.num_train_epochs, args.warmup_epochs, args.warmup_lr) == (2e-5, 20, 1, 1e-6)
-    args = SkipTrainingArguments(output_dir=str(tmp_path), preset="few_shot", num_train_epochs=3, learning_rate=0.1)
-    assert (args.learning_rate, args.num_train_epochs, args.warmup_epochs, args.batch_size) == (0.1, 3, 0, 4)
-    assert PRESETS["cross_dataset"].learning_rate == 1e-5 and PRESETS["cross_dataset"].num_train_epochs == 20
-    with pytest.raises(ValueError, match="preset"):
-        SkipTrainingArguments(output_dir=str(tmp_path), preset="zero_shot")
+def test_protocols_and_overrides(tmp_path):
+    args = SkipTrainingArguments(output_dir=str(tmp_path), protocol="base_to_new")
+    assert (args.learning_rate, args.vision_learning_rate, args.num_train_epochs) == (2e-5, 5e-6, 20)
+    assert (args.warmup_epochs, args.warmup_lr, args.lr_scheduler_type) == (1, 1e-6, "dassl_cosine")
+    assert (args.precision, args.dataloader_drop_last, args.batch_size) == ("fp16_reference", True, 4)
+    args = SkipTrainingArguments(output_dir=str(tmp_path), protocol="few_shot", num_train_epochs=3, learning_rate=0.1)
+    assert (args.learning_rate, args.vision_learning_rate, args.num_train_epochs, args.warmup_epochs) == (
+        0.1,
+        0.1,
+        3,
+        0,
+    )
+    args = SkipTrainingArguments(output_dir=str(tmp_path), protocol="cross_dataset", vision_learning_rate=3e-6)
+    assert (args.learning_rate, args.vision_learning_rate, args.num_train_epochs, args.warmup_lr) == (
+        1e-5,
+        3e-6,
+        5,
+        1e-8,
+    )
+    assert (
+        SkipTrainingArguments(output_dir=str(tmp_path), protocol="few_shot", recipe_dataset="sun397").num_train_epochs
+        == 10
+    )
+    # Autocast and AdamW keep float32 weights; the reference's float16 mode refuses them.
+    assert SkipTrainingArguments(output_dir=str(tmp_path), mixed_precision="bf16").precision == "fp32"
+    assert SkipTrainingArguments(output_dir=str(tmp_path), optim="adamw_torch").precision == "fp32"
+    with pytest.raises(ValueError, match="fp16_reference"):
+        SkipTrainingArguments(output_dir=str(tmp_path), precision="fp16_reference", mixed_precision="bf16")
+    with pytest.raises(ValueError, match="protocol"):
+        SkipTrainingArguments(output_dir=str(tmp_path), protocol="zero_shot")
+    with pytest.raises(ValueError, match="recipe_dataset"):
+        SkipTrainingArguments(output_dir=str(tmp_path), recipe_dataset="imagenet_1k")
     with pytest.raises(ValueError, match="warmup_epochs"):
         SkipTrainingArguments(output_dir=str(tmp_path), num_train_epochs=1, warmup_epochs=1)
+    with pytest.raises(ValueError, match="warmup_lr"):
+        SkipTrainingArguments(output_dir=str(tmp_path), protocol="few_shot", warmup_epochs=1)
 
 
-def test_schedule_warmup_then_cosine(tmp_path):
-    args = SkipTrainingArguments(output_dir=str(tmp_path), preset="base_to_new", num_train_epochs=4)
-    factor = lr_lambda(args, steps_per_epoch=10)
+@pytest.mark.parametrize("protocol, dataset", [("base_to_new", "caltech101"), ("cross_dataset", "imagenet")])
+def test_dassl_schedule_matches_the_recipe_epoch_by_epoch(tmp_path, protocol, dataset):
+    recipe = reference_recipe(protocol, dataset)
+    args = SkipTrainingArguments(output_dir=str(tmp_path), protocol=protocol, recipe_dataset=dataset)
+    groups = [
+        {"name": "text", "params": [torch.nn.Parameter(torch.zeros(1))], "lr": args.learning_rate},
+        {"name": "vision", "params": [torch.nn.Parameter(torch.zeros(1))], "lr": args.vision_learning_rate},
+    ]
+    optimizer = torch.optim.SGD(groups)
+    scheduler = make_scheduler(optimizer, args, steps_per_epoch=7)  # steps per epoch play no part
+    for epoch in range(recipe.epochs):
+        text, vision = (group["lr"] for group in optimizer.param_groups)
+        assert text == pytest.approx(recipe.lr_at_epoch(epoch, "text"), rel=1e-12), epoch
+        assert vision == pytest.approx(recipe.lr_at_epoch(epoch, "vision"), rel=1e-12), epoch
+        optimizer.step()
+        scheduler.step()
+
+
+def test_schedule_per_step_option(tmp_path):
+    args = SkipTrainingArguments(
+        output_dir=str(tmp_path), protocol="base_to_new", num_train_epochs=4, lr_scheduler_type="cosine_per_step"
+    )
+    factor = lr_lambda(args, args.learning_rate, steps_per_epoch=10)
     assert [factor(s) * args.learning_rate for s in (0, 9)] == pytest.approx([1e-6, 1e-6])
+    assert lr_lambda(args, args.vision_learning_rate, 10)(0) * args.vision_learning_rate == pytest.approx(1e-6)
     # After warm-up the cosine continues as if it had run from step 0.
     assert factor(10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 10 / 40)))
     values = [factor(s) for s in range(10, 40)]
     assert all(a > b for a, b in zip(values, values[1:], strict=False)) and values[-1] < 0.01
 
-    # The trainer follows the schedule: the learning rate at the end of each epoch.
+
+def test_trainer_follows_the_recipe_schedule_per_tower(tmp_path):
+    # base_to_new's warm-up and tower ratio (1/4) with a learning rate a tiny model notices, over 3 epochs.
+    args = SkipTrainingArguments(
+        output_dir=str(tmp_path), protocol="base_to_new", num_train_epochs=3, learning_rate=0.01, disable_tqdm=True
+    )
+    history = SkipTrainer(skip_model(), args, TensorImages(), prompts(), jitter).train().history
+    recipe = with_overrides(reference_recipe("base_to_new"), epochs=3, text_lr=0.01, vision_lr=0.0025)
+    assert [h["lr"] for h in history] == pytest.approx([recipe.lr_at_epoch(e, "text") for e in range(3)])
+    assert [h["vision_lr"] for h in history] == pytest.approx([recipe.lr_at_epoch(e, "vision") for e in range(3)])
+    assert history[0]["lr"] == history[0]["vision_lr"] == 1e-6  # both towers warm up alike
+
+
+def test_each_tower_moves_by_its_own_learning_rate(tmp_path):
+    """One plain SGD step: the deltas are -lr * gradient, so scaling the image tower's lr scales only its deltas."""
+    data = TensorImages(per_class=2)
+    one_step = dict(num_train_epochs=1, batch_size=len(data), sampler="random", momentum=0.0, weight_decay=0.0)
+    same, slower = skip_model(), skip_model()
+    train(same, tmp_path / "a", data, identity, learning_rate=0.5, vision_learning_rate=0.5, **one_step)
+    train(slower, tmp_path / "b", data, identity, learning_rate=0.5, vision_learning_rate=0.125, **one_step)
+    moved = {"vision": 0, "text": 0}
+    for name, delta in deltas(same).items():
+        tower = "vision" if "vision_model" in name or "visual_projection" in name else "text"
+        factor = 0.25 if tower == "vision" else 1.0
+        torch.testing.assert_close(deltas(slower)[name], factor * delta, rtol=1e-4, atol=1e-7, msg=name)
+        moved[tower] += int(delta.abs().max() > 0)
+    assert moved["vision"] > 10 and moved["text"] > 10
+
+
+def test_optimizer_groups_split_the_towers(tmp_path):
     model = skip_model()
-    trainer = SkipTrainer(
-        model,
-        SkipTrainingArguments(output_dir=str(tmp_path), num_train_epochs=2, learning_rate=0.01, disable_tqdm=True),
-        TensorImages(),
-        prompts(),
-        jitter,
-    )
-    history = trainer.train().history
-    steps = 3  # 3 classes x 4 images, one class per batch of 4
-    assert [h["lr"] for h in history] == pytest.approx(
-        [0.01 * lr_lambda(trainer.args, steps)(steps * e - 1) for e in (1, 2)]
-    )
+    args = SkipTrainingArguments(output_dir=str(tmp_path), protocol="base_to_new")
+    optimizer = make_optimizer(model, args)
+    names = {id(p): name for name, p in model.named_parameters()}
+    groups = {
+        group["name"]: (group["lr"], [names[id(p)] for p in group["params"]]) for group in optimizer.param_groups
+    }
+    assert groups["vision"][0] == 5e-6 and groups["text"][0] == 2e-5
+    assert all("vision_model." in n or "visual_projection." in n for n in groups["vision"][1])
+    assert all("text_model." in n or "text_projection." in n for n in groups["text"][1])
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert sorted(groups["vision"][1] + groups["text"][1]) == sorted(trainable)
 
 
-def test_class_batches():
+def test_fp16_reference_trains_float16_weights_in_place(tmp_path):
+    model = skip_model(delta_dtype="bfloat16")
+    train(model, tmp_path, precision="fp16_reference", num_train_epochs=2)
+    layer_norm_params = {
+        id(p)
+        for module in model.modules()
+        if isinstance(module, torch.nn.LayerNorm)
+        or (isinstance(module, SkipLayer) and isinstance(module.base_layer, torch.nn.LayerNorm))
+        for p in module.parameters()
+    }
+    assert len(layer_norm_params) > 0
+    for name, param in model.named_parameters():
+        expected = torch.float32 if id(param) in layer_norm_params or "logit_scale" in name else torch.float16
+        assert param.dtype == expected, name
+    # Close to float32 training (but for the key biases, whose exact gradient is 0: float16 leaves them noise).
+    reference = skip_model()
+    train(reference, tmp_path / "fp32", num_train_epochs=2)
+    for name, expected in deltas(reference).items():
+        if not ("k_proj" in name and name.endswith("bias")):
+            error = (deltas(model)[name].float() - expected).norm() / expected.norm()
+            assert error < 0.2, name
+    with safe_open(os.path.join(tmp_path, "adapter_model.safetensors"), "pt") as saved:
+        assert {saved.get_tensor(key).dtype for key in saved.keys()} == {torch.bfloat16}
+    # A layer norm computes in float32 on its float32 weights and returns float16, as CLIP's own LayerNorm does.
+    norm = model.base_model.model.vision_model.pre_layrnorm
+    x = torch.randn(2, 5, 32).half()
+    expected = F.layer_norm(x.float(), (32,), norm.weight, norm.bias, norm.eps).half()
+    assert torch.equal(norm(x), expected)
+
+
+def test_class_batches_draw_like_the_reference():
     labels = torch.tensor([0] * 6 + [1] * 5 + [2] * 4)
-    batches = class_batches(labels, 4, per_class=True, generator=torch.Generator().manual_seed(0))
-    assert sorted(torch.cat(batches).tolist()) == list(range(len(labels)))
-    assert all(len(labels[b].unique()) == 1 and len(b) <= 4 for b in batches)
-    assert len(batches) == 2 + 2 + 1
+    generator = torch.Generator().manual_seed(0)
+    # batch_random: one class per batch; a class leaves once fewer than batch_size of its images remain.
+    batches = class_batches(labels, 4, per_class=True, generator=generator, drop_last=True)
+    assert len(batches) == 3 and all(len(b) == 4 and len(labels[b].unique()) == 1 for b in batches)
+    assert sorted(int(labels[b[0]]) for b in batches) == [0, 1, 2]
+    kept = class_batches(labels, 4, per_class=True, generator=generator)  # today's keep-all option
+    assert sorted(torch.cat(kept).tolist()) == list(range(len(labels)))
+    assert all(len(labels[b].unique()) == 1 and len(b) <= 4 for b in kept) and len(kept) == 2 + 2 + 1
+    # The class of each batch is drawn uniformly among the classes left (not a shuffle of all batches): with one
+    # class of 3 batches and one of 1, the single batch comes first half of the time (a shuffle: a quarter).
+    labels = torch.tensor([0] * 12 + [1] * 4)
+    first = [
+        int(labels[class_batches(labels, 4, True, torch.Generator().manual_seed(s), True)[0][0]]) for s in range(400)
+    ]
+    assert 0.4 < sum(first) / 400 < 0.6
 
-    batches = class_batches(labels, 4, per_class=False, generator=torch.Generator().manual_seed(0))
-    assert sorted(torch.cat(batches).tolist()) == list(range(len(labels)))
-    assert [len(b) for b in batches] == [4, 4, 4, 3]
+    labels = torch.tensor([0] * 6 + [1] * 5 + [2] * 4)
+    batches = class_batches(labels, 4, per_class=False, generator=torch.Generator().manual_seed(0), drop_last=True)
+    assert [len(b) for b in batches] == [4, 4, 4] and len(set(torch.cat(batches).tolist())) == 12
     assert any(len(labels[b].unique()) > 1 for b in batches)
+    kept = class_batches(labels, 4, per_class=False, generator=torch.Generator().manual_seed(0))
+    assert [len(b) for b in kept] == [4, 4, 4, 3] and sorted(torch.cat(kept).tolist()) == list(range(len(labels)))
     again = class_batches(labels, 4, per_class=False, generator=torch.Generator().manual_seed(0))
-    assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(kept, again, strict=True))
 
 
-@pytest.mark.parametrize("cache_mode", ["paper", "views"])
-def test_resume_equals_uninterrupted(tmp_path, cache_mode):
+def test_incomplete_batches_are_dropped_unless_asked(tmp_path):
+    data = TensorImages(per_class=5)  # 3 classes x 5 images: one full one-class batch each, 1 image left per class
+    trainer = train(skip_model(), tmp_path / "a", data, num_train_epochs=1)
+    assert trainer.per_class and [len(b) for b in trainer._batches(0)] == [4, 4, 4]
+    trainer = train(skip_model(), tmp_path / "b", data, num_train_epochs=1, dataloader_drop_last=False)
+    assert sorted(len(b) for b in trainer._batches(0)) == [1, 1, 1, 4, 4, 4]
+    with pytest.raises(ValueError, match="fewer than batch_size"):
+        train(skip_model(), tmp_path / "c", data, sampler="class", batch_size=8)
+    with pytest.raises(ValueError, match="no full batch"):
+        train(skip_model(), tmp_path / "d", data, sampler="random", batch_size=16)
+
+
+@pytest.mark.parametrize(
+    "cache_mode, schedule, precision",
+    [
+        ("paper", "dassl_cosine", "fp32"),
+        ("views", "cosine_per_step", "fp32"),
+        ("paper", "dassl_cosine", "fp16_reference"),
+    ],
+)
+def test_resume_equals_uninterrupted(tmp_path, cache_mode, schedule, precision):
+    run = dict(cache_mode=cache_mode, views=2, lr_scheduler_type=schedule, precision=precision)
     uninterrupted = skip_model(class_ratio=0.5, token_drop=0.3)
-    train(uninterrupted, tmp_path / "a", cache_mode=cache_mode, views=2)
+    train(uninterrupted, tmp_path / "a", **run)
 
     interrupted = skip_model(class_ratio=0.5, token_drop=0.3)
     calls = 0
@@ -192,21 +335,22 @@ def test_resume_equals_uninterrupted(tmp_path, cache_mode):
 
     hook = interrupted.base_model.model.visual_projection.register_forward_hook(crash_in_third_epoch)
     with pytest.raises(KeyboardInterrupt):
-        train(interrupted, tmp_path / "b", cache_mode=cache_mode, views=2)
+        train(interrupted, tmp_path / "b", **run)
     hook.remove()
     assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["epoch-0002"]  # save_total_limit=1
 
     resumed = skip_model(class_ratio=0.5, token_drop=0.3)
-    trainer = train(resumed, tmp_path / "b", cache_mode=cache_mode, views=2, resume=True)
+    trainer = train(resumed, tmp_path / "b", resume=True, **run)
     expected, actual = deltas(uninterrupted), deltas(resumed)
     assert any(v.abs().max() > 0 for v in expected.values())
     for name in expected:
-        # Resuming adds the saved deltas to the base weights: equal up to float rounding.
+        # Resuming adds the saved float32 deltas to the base weights in float32: equal up to float32 rounding (and
+        # exactly the float16 weights under fp16_reference).
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
     assert trainer.args.num_train_epochs == 3
 
-    with pytest.raises(ValueError, match="run differs"):
-        train(skip_model(), tmp_path / "b", cache_mode=cache_mode, views=2, learning_rate=0.5, resume=True)
+    with pytest.raises(ValueError, match=r"another run \(.*training.learning_rate: saved 0.05, now 0.5"):
+        train(skip_model(), tmp_path / "b", resume=True, **{**run, "learning_rate": 0.5})
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):

@@ -19,9 +19,14 @@ class ModelArguments:
 class DataArguments:
     data: str = field(
         metadata={
-            "help": "Data set: 'fashion-mnist', 'digits', 'hf:<name or saved dir>', 'imagefolder:<dir>', or an image "
-            "folder (one sub-folder per class, optionally under train/ and test/)."
+            "help": "Data set: 'fashion-mnist', 'digits', 'hf:<name or saved dir>', 'imagefolder:<dir>', an image "
+            "folder (one sub-folder per class, optionally under train/ and test/), or a CoOp dataset name such as "
+            "'eurosat' (with --data-root)."
         }
+    )
+    data_root: str | None = field(
+        default=None,
+        metadata={"help": "DATA root in CoOp's layout, for CoOp dataset names (docs/reproducing.md#datasets)."},
     )
     template: str | None = field(
         default=None,

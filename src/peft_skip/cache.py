@@ -7,7 +7,9 @@ The shallow layers are frozen, so their outputs only change when the inputs do: 
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -22,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .data.workers import ordered_map
 from .fingerprint import fingerprint as weights_fingerprint
+from .locks import file_lock
 from .towers import Tower
 
 logger = logging.getLogger(__name__)
@@ -128,6 +131,30 @@ def _indices_digest(indices: torch.Tensor) -> str:
     return hashlib.sha256(indices.numpy().astype(np.int64).tobytes()).hexdigest()[:16]
 
 
+def _one_build_at_a_time(build: Callable) -> Callable:
+    """Lets one process at a time check, build and open a cache entry on disk (`build` with a `cache_dir`): another
+    run sharing the directory waits, then reuses the entry or rebuilds it, and never reads it half-built. The lock is
+    a `fcntl.flock`, released by the OS if its holder dies. A reader keeps its memory map of a complete entry valid
+    even if another run rebuilds it later (the rebuild writes a new file; the mapped one lives on until unmapped)."""
+    signature = inspect.signature(build)
+
+    @functools.wraps(build)
+    def locked(*args, **kwargs):
+        arguments = signature.bind(*args, **kwargs)
+        arguments.apply_defaults()
+        cache_dir, num_images = arguments.arguments["cache_dir"], arguments.arguments["num_images"]
+        if cache_dir is None:
+            return build(*args, **kwargs)
+        indices = arguments.arguments["indices"]
+        indices = torch.arange(num_images) if indices is None else torch.unique(torch.as_tensor(indices).cpu())
+        shard = "all" if len(indices) == num_images else f"shard-{_indices_digest(indices)}"
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        with file_lock(Path(cache_dir) / f"{shard}.lock", f"the image cache {Path(cache_dir) / shard}", wait=True):
+            return build(*args, **kwargs)
+
+    return locked
+
+
 class ImageCache:
     """Image states at layer ω: `V` augmented views of `n` images, `(T, D_v)` each.
 
@@ -204,6 +231,7 @@ class ImageCache:
         return states.to(dtype)
 
     @classmethod
+    @_one_build_at_a_time
     @torch.no_grad()
     def build(
         cls,

@@ -1,7 +1,8 @@
 """`peft-skip`: train, evaluate and zero-shot CLIP-family models with Skip Tuning from the command line.
 
 Wiring only: every option is a field of a dataclass (`SkipConfig`, `SkipTrainingArguments`, `ModelArguments`,
-`DataArguments`, `EvalArguments`, `OfflineModelArguments`), turned into flags by `transformers.HfArgumentParser`.
+`DataArguments`, `EvalArguments`, `OfflineModelArguments`, `RecipeArguments`), turned into flags by
+`transformers.HfArgumentParser`.
 `--config FILE` (JSON or YAML) sets any of them; flags given on the command line win. Every command works offline
 with a local model directory; run `train` under `accelerate launch` for several processes or GPUs.
 """
@@ -13,12 +14,10 @@ import dataclasses
 import json
 import logging
 import os
-import random
 import sys
 import typing
 from collections.abc import Sequence
 
-import torch
 import yaml
 from transformers import HfArgumentParser
 
@@ -27,16 +26,14 @@ from .config import METHOD_FIELDS, SkipConfig
 from .data import (
     DIGITS_CLASSES,
     FASHION_MNIST_CLASSES,
-    ImageTransform,
     load_dataset_spec,
-    sample_few_shot,
-    split_base_new,
-    subset_classes,
 )
-from .evaluation import evaluate_protocol, summary, tokenize_classes
-from .offline import OfflineModelArguments, has_random_weights, make_offline_model
-from .trainer import NonFiniteLossError, SkipTrainer, make_accelerator
-from .training_args import SkipTrainingArguments
+from .experiment import evaluate_saved, train_and_evaluate
+from .offline import OfflineModelArguments, make_offline_model
+from .protocols import BenchmarkArguments, run_benchmark
+from .recipes import RecipeArguments, reference_recipe
+from .trainer import NonFiniteLossError
+from .training_args import SkipTrainingArguments, recipe_train_config
 
 logger = logging.getLogger("peft_skip")
 
@@ -54,123 +51,18 @@ def _method_arguments() -> type:
     )
 
 
-def _load_model(model_args: ModelArguments, say):
-    from transformers import AutoModel, AutoProcessor
-
-    model = AutoModel.from_pretrained(model_args.model).eval()
-    processor = AutoProcessor.from_pretrained(model_args.model)
-    if has_random_weights(model):
-        say(
-            f"NOTE: {model_args.model} has RANDOM weights (no pretrained checkpoint can be downloaded here). The run "
-            "checks the mechanics, speed and memory; its accuracies say nothing about Skip Tuning on a real CLIP."
-        )
-    return model, processor
-
-
-def _test_set(data: DataArguments):
-    test = load_dataset_spec(data.data, data.split)
-    if data.test_limit and data.test_limit < len(test):
-        test = test.subset(sorted(random.Random(0).sample(range(len(test)), data.test_limit)))
-    return test
-
-
-def _write_json(path: str, payload: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
-
-
 def train_command(model_args: ModelArguments, data: DataArguments, method, training: SkipTrainingArguments) -> int:
-    from peft import get_peft_model
-
-    config = SkipConfig(**dataclasses.asdict(method))
-    accelerator = make_accelerator(training.mixed_precision)
-    say = accelerator.print
-    template = data.resolved_template()
-    train_set = sample_few_shot(load_dataset_spec(data.data, "train"), training.shots, training.seed)
-    test = _test_set(data)
-    base_new = split_base_new(train_set.class_names) if training.preset == "base_to_new" else None
-    if base_new is not None:
-        train_set = subset_classes(train_set, base_new[0])
-    model, processor = _load_model(model_args, say)
-    classes = len(train_set.class_names)
-    say(f"{data.data}: {len(train_set)} training images ({training.shots} shots x {classes} classes)")
-
-    model.to(accelerator.device)
-    eval_transform = ImageTransform.from_processor(processor, train=False)
-
-    def evaluate() -> dict:
-        tokenizer, batch_size = processor.tokenizer, data.per_device_eval_batch_size
-        workers = training.dataloader_num_workers
-        return evaluate_protocol(model, tokenizer, test, eval_transform, template, base_new, batch_size, workers)
-
-    zero_shot = evaluate()
-    say(f"zero-shot accuracy (base model): {summary(zero_shot)}")
-    model = get_peft_model(model, config)
-    prompts = tokenize_classes(model, processor.tokenizer, train_set.class_names, template)
-    transform = ImageTransform.from_processor(processor, train=True)
-    trainer = SkipTrainer(model, training, train_set, prompts, transform, accelerator=accelerator)
     try:
-        with torch.autograd.set_detect_anomaly(training.detect_anomaly):
-            result = trainer.train()
+        train_and_evaluate(model_args, data, SkipConfig(**dataclasses.asdict(method)), training)
     except NonFiniteLossError as error:
-        say(f"error: {error}")
+        if _main_process():
+            print(f"error: {error}")
         return 1
-    say(
-        f"image cache: {result.cache_bytes / 2**20:.1f} MiB per process, built in {result.cache_seconds:.1f} s in "
-        f"total; training {result.train_seconds:.1f} s"
-    )
-    tuned = evaluate()
-    say(f"zero-shot accuracy (base model): {summary(zero_shot)}")
-    say(f"Skip Tuning accuracy:            {summary(tuned)}")
-    if accelerator.is_main_process:
-        metrics = {
-            "model": model_args.model,
-            "random_weights": has_random_weights(model.get_base_model()),
-            "data": dataclasses.asdict(data) | {"template": template},
-            "num_processes": accelerator.num_processes,
-            "training_arguments": training.run_identity(),
-            "skip_config": config.method_settings(),
-            "zero_shot": zero_shot,
-            "tuned": tuned,
-            "cache_bytes_per_process": result.cache_bytes,
-            "cache_seconds": result.cache_seconds,
-            "train_seconds": result.train_seconds,
-            "resumed_from_epoch": result.resumed_from_epoch,
-            "history": result.history,
-        }
-        _write_json(os.path.join(training.output_dir, "metrics.json"), metrics)
-        say(f"adapter and metrics.json written to {training.output_dir}")
     return 0
 
 
 def eval_command(model_args: ModelArguments, data: DataArguments, eval_args: EvalArguments) -> int:
-    accelerator = make_accelerator()
-    model, processor = _load_model(model_args, accelerator.print)
-    if eval_args.adapter is not None:
-        from peft import PeftModel
-
-        # Read with Skip Tuning's own checks: peft's reader would fail on a broken file without naming it.
-        config = SkipConfig.from_pretrained(eval_args.adapter)
-        model = PeftModel.from_pretrained(model, eval_args.adapter, config=config)
-    model.to(accelerator.device)
-    transform = ImageTransform.from_processor(processor, train=False)
-    result = evaluate_protocol(
-        model,
-        processor.tokenizer,
-        _test_set(data),
-        transform,
-        data.resolved_template(),
-        batch_size=data.per_device_eval_batch_size,
-        num_workers=eval_args.dataloader_num_workers,
-    )
-    result = {"model": model_args.model, "adapter": eval_args.adapter, **dataclasses.asdict(data), **result}
-    accelerator.print(f"accuracy: {summary(result)}")
-    if accelerator.is_main_process:
-        if eval_args.output_dir:
-            _write_json(os.path.join(eval_args.output_dir, "eval_results.json"), result)
-        else:
-            print(json.dumps(result, indent=2))
+    evaluate_saved(model_args, data, eval_args)
     return 0
 
 
@@ -183,6 +75,23 @@ def offline_model_command(args: OfflineModelArguments) -> int:
         f"Wrote a {args.arch} {args.family} model with RANDOM weights to {args.output_dir} (no pretrained checkpoint "
         "can be downloaded here): use it to check mechanics, speed and memory, not accuracy."
     )
+    return 0
+
+
+def benchmark_command(args: BenchmarkArguments, method) -> int:
+    try:
+        run_benchmark(args, dataclasses.asdict(method))
+    except NonFiniteLossError as error:
+        print(f"error: {error}")
+        return 1
+    return 0
+
+
+def recipe_command(args: RecipeArguments) -> int:
+    if args.as_train_config:
+        print(json.dumps(recipe_train_config(args.protocol, args.dataset), indent=2))
+    else:
+        print(json.dumps(reference_recipe(args.protocol, args.dataset, strict=True).to_dict(), indent=2))
     return 0
 
 
@@ -200,10 +109,22 @@ def _commands() -> dict[str, tuple[list[type], typing.Callable, str]]:
             eval_command,
             "Accuracy (overall and per class) of the full model, with a Skip Tuning adapter if --adapter is given.",
         ),
+        "benchmark": (
+            [BenchmarkArguments, _method_arguments()],
+            benchmark_command,
+            "One of the paper's protocols on CoOp-layout data: trains and evaluates every (dataset, seed) cell, "
+            "resumes where it stopped, writes results.json, results.md and results.png to --out.",
+        ),
         "make-offline-model": (
             [OfflineModelArguments],
             offline_model_command,
             "Write a model directory with RANDOM weights (for machines that cannot download checkpoints).",
+        ),
+        "recipe": (
+            [RecipeArguments],
+            recipe_command,
+            "Print the paper's training recipe for --protocol and --dataset as JSON (the values `train` uses for "
+            "every option left unset; --as-train-config prints them as a `train --config` file).",
         ),
     }
 
@@ -254,10 +175,13 @@ def _parse(argv: Sequence[str] | None) -> tuple[str, list]:
     return command, instances
 
 
+def _main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    main_process = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(format="%(message)s")
-    logger.setLevel(logging.INFO if main_process else logging.WARNING)
+    logger.setLevel(logging.INFO if _main_process() else logging.WARNING)
     command = next(iter(argv if argv is not None else sys.argv[1:]), "")
     try:
         command, arguments = _parse(argv)

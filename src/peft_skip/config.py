@@ -9,7 +9,14 @@ from typing import Literal, get_args
 from peft.config import PeftConfig
 from peft.utils import PeftType
 
-from .adapter_files import CONFIG_NAME, WEIGHTS_NAME, check_saved_config, read_tensor_shapes
+from .adapter_files import (
+    CONFIG_NAME,
+    STAGING_DIR,
+    WEIGHTS_NAME,
+    check_saved_config,
+    file_sha256,
+    read_tensor_shapes,
+)
 from .card import add_skip_section
 
 # The floating-point dtypes tensors are stored in (deltas, caches), by name.
@@ -62,6 +69,8 @@ class SkipConfig(PeftConfig):
         base_model_fingerprint (`dict`, *optional*): Set when the model is wrapped: identifies the base weights the
             deltas apply to.
         verify_base_model (`bool`): Refuse to load the adapter onto a base model whose fingerprint differs.
+        weights_sha256 (`str`, *optional*): Set when saved: the sha256 of the weights file written with this config,
+            so that a config and weights from different saves are never loaded together.
     """
 
     skip_layers: int = field(
@@ -103,6 +112,10 @@ class SkipConfig(PeftConfig):
     verify_base_model: bool = field(
         default=True,
         metadata={"help": "Refuse to apply the deltas to a base model whose weights differ from the fingerprint."},
+    )
+    weights_sha256: str | None = field(
+        default=None,
+        metadata={"help": "sha256 of the adapter_model.safetensors saved with this config; set when saved."},
     )
     # peft's injection reads `target_modules`; Skip Tuning derives its targets from the skip_layers instead.
     target_modules = None
@@ -150,19 +163,49 @@ class SkipConfig(PeftConfig):
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs):
         """Loads a saved config; for a local adapter directory, also checks its files before any model is touched.
 
+        If the weights are not those the config was saved with, but those of an adapter whose publication was
+        interrupted after its weights were moved into place (`run_state.save_adapter`), the config waiting in the
+        staging directory is returned: the directory then holds that whole new adapter.
+
         Raises:
-            ValueError: If the directory holds another method's adapter, a config with unknown fields, or a corrupt
-                or truncated weights file.
+            ValueError: If the directory holds another method's adapter, a config with unknown fields, a corrupt
+                or truncated weights file, or weights from another save than the config.
+            FileNotFoundError: If the weights file next to the config is missing.
         """
         directory = os.path.join(pretrained_model_name_or_path, subfolder or "")
-        is_local = os.path.isfile(os.path.join(directory, CONFIG_NAME))
-        if is_local:
-            check_saved_config(os.path.join(directory, CONFIG_NAME), cls, "SKIP")
+        config_file, weights = os.path.join(directory, CONFIG_NAME), os.path.join(directory, WEIGHTS_NAME)
+        if not os.path.isfile(config_file):
+            return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        check_saved_config(config_file, cls, "SKIP")
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(
+                f"{weights} is missing: {directory} holds an adapter config without its weights. Copy both files "
+                "of the adapter, or save it again."
+            )
+        shapes = read_tensor_shapes(weights)
         config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-        weights = os.path.join(directory, WEIGHTS_NAME)
-        if is_local and os.path.isfile(weights):
-            config.saved_delta_shapes = read_tensor_shapes(weights)
+        if config.weights_sha256 is not None:
+            actual = file_sha256(weights)
+            if actual != config.weights_sha256:
+                staged = os.path.join(directory, STAGING_DIR)
+                config = cls._staged_config(staged, actual, **kwargs)
+                if config is None:
+                    raise ValueError(
+                        f"{weights} is not the weights file saved with {config_file} (sha256 differs): the files "
+                        "come from different saves or one was modified. Restore both files from one save, or save "
+                        "the adapter again."
+                    )
+        config.saved_delta_shapes = shapes
         return config
+
+    @classmethod
+    def _staged_config(cls, staged: str, weights_sha256: str, **kwargs) -> SkipConfig | None:
+        """The config waiting in `staged` if it was saved with the weights of digest `weights_sha256`."""
+        if not os.path.isfile(os.path.join(staged, CONFIG_NAME)):
+            return None
+        check_saved_config(os.path.join(staged, CONFIG_NAME), cls, "SKIP")
+        config = super().from_pretrained(staged, **kwargs)
+        return config if config.weights_sha256 == weights_sha256 else None
 
     def to_dict(self) -> dict:
         config = super().to_dict()
@@ -170,6 +213,9 @@ class SkipConfig(PeftConfig):
         return config
 
     def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        # peft writes the weights before the config: the config records which weights it belongs to.
+        weights = os.path.join(save_directory, WEIGHTS_NAME)
+        self.weights_sha256 = file_sha256(weights) if os.path.isfile(weights) else None
         super().save_pretrained(save_directory, **kwargs)
         # peft writes the model card before the config, so the card can be completed here.
         card = os.path.join(save_directory, "README.md")

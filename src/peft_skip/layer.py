@@ -108,10 +108,11 @@ class SkipLayer(nn.Module, BaseTunerLayer):
 
     @torch.no_grad()
     def delta(self, adapter_name: str) -> dict[str, torch.Tensor]:
-        """The deltas `W - W0` of an adapter, keyed like its parameters."""
+        """The deltas `W - W0` of an adapter, keyed like its parameters, in float32 (exact for float16 weights, so that
+        `W0 + delta` gives `W` back)."""
         base = self._unmerged_base or {n: p for n, p in self.base_layer.named_parameters()}
         return {
-            key: tuned - base[parameter_name(key)].to(tuned.dtype)
+            key: tuned.float() - base[parameter_name(key)].float()
             for key, tuned in self.skip_tuned[adapter_name].items()
         }
 

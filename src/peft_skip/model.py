@@ -11,6 +11,7 @@ from .adapter_files import check_deltas_fit
 from .config import SkipConfig
 from .fingerprint import fingerprint, fingerprint_mismatch
 from .layer import DELTA, PREFIX, TUNED, SkipLayer, parameter_name
+from .loading import refuse_direct_injection
 from .towers import get_towers
 
 
@@ -39,10 +40,19 @@ class SkipModel(BaseTuner):
     tuner_layer_cls = SkipLayer
     target_module_mapping: dict = {}
 
+    def __init__(self, model: nn.Module, peft_config: SkipConfig | dict, adapter_name: str, **kwargs) -> None:
+        refuse_direct_injection(model, peft_config)  # transformers' adapter loading would apply nothing
+        super().__init__(model, peft_config, adapter_name, **kwargs)
+
     def _prepare_adapter_config(self, peft_config: SkipConfig, model_config: dict) -> SkipConfig:
         return peft_config
 
-    def _pre_injection_hook(self, model: nn.Module, config: SkipConfig, adapter_name: str) -> None:
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args, **kwargs) -> None:
+        # Checked here rather than in `_pre_injection_hook`, which `PeftModel.load_adapter` (a second adapter) skips.
+        self._check_adapter(model, self.peft_config[adapter_name], adapter_name)
+        super().inject_adapter(model, adapter_name, *args, **kwargs)
+
+    def _check_adapter(self, model: nn.Module, config: SkipConfig, adapter_name: str) -> None:
         # Every check runs before the first module is replaced, so a refused adapter leaves the model untouched.
         actual = fingerprint(model, self.prefix)
         if config.base_model_fingerprint is None:
@@ -159,7 +169,10 @@ class SkipModel(BaseTuner):
             parameter = rest.partition(".")[2]
             tuned = layer.skip_tuned[adapter_name][parameter]
             base = layer.base_layer.get_parameter(parameter_name(parameter))
-            weights[key] = base.detach().to(tuned.dtype) + value.to(device=tuned.device, dtype=tuned.dtype)
+            # With `low_cpu_mem_usage=True` the copies are empty (meta) until loaded: compute on the base's device.
+            device = base.device if tuned.is_meta else tuned.device
+            # Added in float32: exact for float16 weights and float32 deltas (a resumed run goes on from the same `W`).
+            weights[key] = (base.detach().to(device).float() + value.to(device).float()).to(tuned.dtype)
         return weights
 
 

@@ -7,7 +7,11 @@ Every value was read from the authors' repository (Koorye/SkipTuning): `configs/
 `trainers/_base_/defaults.py` (SGD settings), `trainers/_base_/lr_scheduler.py` with Dassl's `ConstantWarmupScheduler`
 (the schedule), `trainers/skip_tuning.py` (a quarter of the epochs on ImageNet, SUN397 and Food101; the sampler rule),
 `trainers/feature_loader.py` (the samplers), `trainers/baselines/ft_clip.py` (the prompt templates), `configs.py` and
-`utils/templates.py` (shots, seeds, which datasets each protocol trains and tests on).
+`utils/templates.py` (shots, seeds, which datasets each protocol trains and tests on). The prompt templates are
+`peft_skip.data.TEMPLATES` (one table for the whole package).
+
+`SkipTrainingArguments` resolves every unset training field from `reference_recipe(protocol, recipe_dataset)`, and
+`peft-skip recipe --protocol P --dataset D` prints the resolved recipe as JSON.
 
 Deliberate deviations of this project from the reference (the trainer and the data loaders implement them):
 - CSkip relabelling: the reference remaps labels with `one_hot(labels)[:, kept].argmax(1)`, which silently turns a
@@ -17,34 +21,26 @@ Deliberate deviations of this project from the reference (the trainer and the da
   on the file system, so its ImageNet few-shot draw cannot be reproduced elsewhere. The split-file datasets draw
   exactly the reference's few-shot images (same order, same Python `random` stream).
 - Few-shot selections are stored as JSON lists of `[relative_path, label, classname]`, never as pickles.
-- Weight decay: the reference's SGD decays the weights toward zero; a delta-based adapter decays the deltas toward
-  the pre-trained weights. With lr <= 2e-5 and decay 5e-4 the two differ by under 1e-8 of a weight per step.
+- The cross-entropy of a step is computed from float32 logits (the reference: from the fp16 logits).
+
+Not a deviation: weight decay. The trained parameter of a `SkipLayer` is the full copy `W` (the delta `W - W0` is
+only what is saved), so SGD's weight decay pulls `W` toward zero, as in the reference.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
+
+from .data.coop import COOP_DATASETS, DOMAIN_SHIFT_DATASETS, TRAIN_DATASETS
+from .data.prompts import TEMPLATES
 
 PROTOCOLS = ("few_shot", "base_to_new", "cross_dataset", "domain_generalization")
 
-# The 11 datasets the reference trains on in base-to-new and few-shot (`configs.py`, `datasets_base_to_new`).
-TRAIN_DATASETS = (
-    "imagenet",
-    "caltech101",
-    "oxford_pets",
-    "stanford_cars",
-    "oxford_flowers",
-    "food101",
-    "fgvc_aircraft",
-    "sun397",
-    "dtd",
-    "eurosat",
-    "ucf101",
-)
-# Test-only sets: the same ImageNet-trained model is evaluated on them (domain generalisation).
-DOMAIN_SHIFT_DATASETS = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
-REFERENCE_DATASETS = TRAIN_DATASETS + DOMAIN_SHIFT_DATASETS
+# The reference trains on TRAIN_DATASETS in base-to-new and few-shot (`configs.py`, `datasets_base_to_new`) and
+# evaluates the ImageNet model on DOMAIN_SHIFT_DATASETS (domain generalisation).
+REFERENCE_DATASETS = COOP_DATASETS
 CROSS_DATASET_TARGETS = tuple(name for name in TRAIN_DATASETS if name != "imagenet")
 
 # Dassl's class name of each dataset (`DATASET.NAME`, the key of the reference's template table).
@@ -66,26 +62,6 @@ DASSL_NAMES = {
     "imagenet_r": "ImageNetR",
 }
 
-# `_CUSTOM_TEMPLATES` of the reference's `trainers/baselines/ft_clip.py`; most differ from CoOp's templates.
-REFERENCE_TEMPLATES = {
-    "default": "a photo of a {}.",
-    "imagenet": "a photo of a {}.",
-    "imagenetv2": "a photo of a {}.",
-    "imagenet_sketch": "a sketch of a {}.",
-    "imagenet_a": "a bad photo of a {}.",
-    "imagenet_r": "a rendition of a {}.",
-    "caltech101": "itap of a {}.",
-    "dtd": "itap of a {}.",
-    "eurosat": "a centered satellite photo of {}.",
-    "fgvc_aircraft": "a bright photo of a {}, a type of aircraft.",
-    "food101": "a photo of the nice {}.",
-    "oxford_flowers": "a close-up photo of a {}.",
-    "oxford_pets": "a bad photo of a {}, a type of pet.",
-    "sun397": "a photo of a {}.",
-    "stanford_cars": "a photo of the {}, a type of car.",
-    "ucf101": "a photo of a {}, a type of sport.",
-}
-
 # `SkipTuning.__init__` trains these for `int(MAX_EPOCH / 4)` epochs (the cosine spans the shortened run too).
 QUARTER_EPOCH_DATASETS = ("imagenet", "sun397", "food101")
 
@@ -96,14 +72,15 @@ class Recipe:
 
     Args:
         protocol: one of `PROTOCOLS`.
-        dataset: the dataset this recipe was resolved for (its prompt template is `template`).
+        dataset: the dataset this recipe was resolved for (its prompt template is `template`); `None`: the
+            protocol's defaults.
         train_dataset: the dataset the model is trained on (ImageNet for cross-dataset and domain generalisation).
         reference: whether `dataset` is one of the paper's datasets (else the protocol's defaults apply).
         text_lr, vision_lr: peak lr of the text tower (with its final layer norm and projection) and of the image
             tower (with its post layer norm and projection); they differ under the reference's staged lr.
         epochs: training epochs, warm-up included (`MAX_EPOCH`, already quartered where the reference does).
         warmup_epochs, warmup_lr: epochs at the constant `warmup_lr` for both towers before the cosine (none: 0, None).
-        schedule: `"dassl_cosine_per_epoch"`: see `lr_at_epoch`.
+        schedule: `"dassl_cosine"`, stepped once per epoch: see `lr_at_epoch`.
         batch_size, sampler, sampler_min_shots, fallback_sampler, drop_last: batches of `batch_size` drawn by
             `sampler` when shots >= `sampler_min_shots`, else by `fallback_sampler` (see `sampler_for`).
         optimizer, momentum, weight_decay, nesterov, dampening: the optimiser (weight decay on every parameter).
@@ -125,7 +102,7 @@ class Recipe:
     """
 
     protocol: str
-    dataset: str
+    dataset: str | None
     train_dataset: str
     reference: bool
     text_lr: float
@@ -139,7 +116,7 @@ class Recipe:
     train_classes: str
     eval_classes: tuple[str, ...]
     eval_datasets: tuple[str, ...]
-    schedule: str = "dassl_cosine_per_epoch"
+    schedule: str = "dassl_cosine"
     batch_size: int = 4
     sampler: str = "batch_random"
     sampler_min_shots: int = 4
@@ -203,13 +180,13 @@ def _one_line_choices(values) -> str:
     return ", ".join(values)
 
 
-def reference_recipe(protocol: str, dataset: str, strict: bool = False) -> Recipe:
+def reference_recipe(protocol: str, dataset: str | None = None, strict: bool = False) -> Recipe:
     """The reference recipe of `protocol` for `dataset`.
 
     Args:
         protocol: `"few_shot"`, `"base_to_new"`, `"cross_dataset"` or `"domain_generalization"`.
-        dataset: one of `REFERENCE_DATASETS`; another name gets the protocol's defaults (full epochs, the default
-            template) unless `strict`.
+        dataset: one of `REFERENCE_DATASETS`; `None` or another name gets the protocol's defaults (full epochs, the
+            default template; cross-dataset and domain generalisation always train on ImageNet) unless `strict`.
         strict: refuse dataset names outside `REFERENCE_DATASETS`.
 
     Raises:
@@ -218,10 +195,10 @@ def reference_recipe(protocol: str, dataset: str, strict: bool = False) -> Recip
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"Unknown protocol {protocol!r}: choose one of {_one_line_choices(PROTOCOLS)}.")
-    if not isinstance(dataset, str) or not dataset.strip():
+    if dataset is not None and (not isinstance(dataset, str) or not dataset.strip()):
         raise ValueError(f"dataset must be a non-empty name, got {dataset!r}.")
     known = dataset in REFERENCE_DATASETS
-    if strict and not known:
+    if strict and dataset is not None and not known:
         raise ValueError(
             f"Unknown dataset {dataset!r} for the reference recipe: choose one of "
             f"{_one_line_choices(REFERENCE_DATASETS)}, or pass strict=False for the protocol's defaults."
@@ -234,7 +211,7 @@ def reference_recipe(protocol: str, dataset: str, strict: bool = False) -> Recip
                 f"{_one_line_choices(TRAIN_DATASETS)}, or evaluate it under domain_generalization."
             )
         train_dataset = dataset
-        eval_datasets = (dataset,)
+        eval_datasets = (dataset,) if dataset is not None else ()
     else:
         train_dataset = "imagenet"
         targets = CROSS_DATASET_TARGETS if protocol == "cross_dataset" else DOMAIN_SHIFT_DATASETS
@@ -251,8 +228,8 @@ def reference_recipe(protocol: str, dataset: str, strict: bool = False) -> Recip
         epochs=epochs,
         warmup_epochs=warmup_epochs,
         warmup_lr=warmup_lr,
-        template=REFERENCE_TEMPLATES.get(dataset, REFERENCE_TEMPLATES["default"]),
-        train_template=REFERENCE_TEMPLATES.get(train_dataset, REFERENCE_TEMPLATES["default"]),
+        template=TEMPLATES[dataset if known else "default"],
+        train_template=TEMPLATES[train_dataset if train_dataset in REFERENCE_DATASETS else "default"],
         shots=shots,
         train_classes="base" if protocol == "base_to_new" else "all",
         eval_classes=("base", "new") if protocol == "base_to_new" else ("all",),
@@ -267,3 +244,22 @@ def with_overrides(recipe: Recipe, **changes) -> Recipe:
         fields = _one_line_choices(Recipe.__dataclass_fields__)
         raise ValueError(f"Recipe has no field {unknown}: choose from {fields}.")
     return replace(recipe, **changes)
+
+
+@dataclass
+class RecipeArguments:
+    """What `peft-skip recipe` resolves."""
+
+    protocol: Literal[PROTOCOLS] = field(
+        default="few_shot", metadata={"help": "The paper's protocol.", "aliases": ["--preset"]}
+    )
+    dataset: Literal[REFERENCE_DATASETS] | None = field(
+        default=None, metadata={"help": "One of the paper's datasets; default: the protocol's defaults."}
+    )
+    as_train_config: bool = field(
+        default=False,
+        metadata={
+            "help": "Print the `peft-skip train` options this recipe sets (save them and pass `train --config FILE`) "
+            "instead of the recipe."
+        },
+    )

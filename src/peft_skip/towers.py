@@ -74,6 +74,12 @@ class Tower:
         """Paths of the frozen modules that run before layer `skip_layers`: the embeddings and the shallow layers."""
         return list(self.embedding_paths) + [f"{self.layers_path}.{i}" for i in range(skip_layers)]
 
+    def layer_and_head_parameters(self) -> list[nn.Parameter]:
+        """Every parameter of the tower's layers and head: the frozen ones and, once peft wraps them, the trained
+        copies (how the optimiser tells the towers apart)."""
+        modules = [self.layers, *(self.model.get_submodule(path) for path in self.head_paths)]
+        return [param for module in modules for param in module.parameters()]
+
     def padding(self) -> dict:
         """Keyword arguments for the tokenizer that pad prompts the way this (text) tower expects."""
         return {"padding": True}

@@ -22,14 +22,27 @@ from accelerate import Accelerator
 from peft import PeftModel
 from tqdm.auto import tqdm
 
+from .batches import class_batches, uses_class_batches
 from .cache import ImageCache, build_text_cache
 from .classes import ClassSelector
 from .config import SkipConfig
 from .loss import SkipTuningStep
 from .offload import FrozenOffload, idle_parameters
-from .run_state import list_checkpoints, load_checkpoint, save_adapter, save_checkpoint
+from .precision import COMPUTE_DTYPES, to_reference_fp16
+from .preflight import warn_if_untrainable
+from .run_state import (
+    check_resumable,
+    claim_output_dir,
+    list_checkpoints,
+    load_checkpoint,
+    run_identity,
+    save_adapter,
+    save_checkpoint,
+    start_new_run,
+)
+from .schedule import make_optimizer, make_scheduler
 from .towers import get_towers
-from .training_args import SkipTrainingArguments, class_batches, lr_lambda, make_optimizer, uses_class_batches
+from .training_args import SkipTrainingArguments
 
 
 def make_accelerator(mixed_precision: str = "no") -> Accelerator:
@@ -86,12 +99,13 @@ class EpochStats:
     correct: int = 0
     images: int = 0
 
-    def row(self, epoch: int, lr: float, seconds: float) -> dict:
+    def row(self, epoch: int, lrs: dict[str, float], seconds: float) -> dict:
         return {
             "epoch": epoch,
             "loss": self.loss / self.images,
             "accuracy": self.correct / self.images,
-            "lr": lr,
+            "lr": lrs.get("text"),
+            "vision_lr": lrs.get("vision"),
             "seconds": seconds,
         }
 
@@ -136,6 +150,7 @@ class SkipTrainer:
                 f"Got {prompts['input_ids'].shape[0]} prompts for {len(train_set.class_names)} classes; tokenise one "
                 "prompt per class, in class order."
             )
+        warn_if_untrainable(train_set.class_names, prompts)
         self.model = model
         self.args = args
         self.train_set = train_set
@@ -146,7 +161,14 @@ class SkipTrainer:
         self.labels = torch.as_tensor(train_set.labels)
         # Resolved once (an unsupported model fails here): the towers only hold references to the model's modules.
         self.towers = get_towers(model)
+        self.compute_dtype = COMPUTE_DTYPES[args.precision]
         self.per_class = uses_class_batches(args, self.labels)
+        self._check_batches()
+
+    def check_resume(self) -> None:
+        """Raises if the latest checkpoint in `output_dir` is damaged or of another run (naming what differs); for
+        callers that want to know before any expensive work. `train` checks it again."""
+        check_resumable(self.args.output_dir, run_identity(self.args, self.config, self.train_set, self.prompts))
 
     def train(self, resume_from_checkpoint: bool | None = None) -> TrainResult:
         """Runs the training and saves the adapter to `args.output_dir`.
@@ -157,23 +179,35 @@ class SkipTrainer:
 
         Raises:
             NonFiniteLossError: The loss became NaN or infinite; the last good checkpoint is kept.
+            OSError: `output_dir` is unusable or another run is writing to it.
         """
+        with claim_output_dir(self.args.output_dir, self.accelerator.is_main_process):
+            return self._train(resume_from_checkpoint)
+
+    def _train(self, resume_from_checkpoint: bool | None) -> TrainResult:
         args, accelerator = self.args, self.accelerator
         if resume_from_checkpoint is None:
             resume_from_checkpoint = args.resume_from_checkpoint
         torch.manual_seed(args.seed)
+        if args.precision == "fp16_reference":
+            to_reference_fp16(self.model)
         self.model.to(accelerator.device)
         self.model.train()
 
         steps_per_epoch = math.ceil(len(self._batches(epoch=0)) / args.gradient_accumulation_steps)
-        optimizer = make_optimizer([p for p in self.model.parameters() if p.requires_grad], args)
-        # Stepped here once per optimiser step, so not handed to Accelerate (which would step it once per process).
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args, steps_per_epoch))
+        optimizer = make_optimizer(self.model, args)
+        # Stepped here (per epoch, or per step for cosine_per_step), so not handed to Accelerate, which would step it
+        # once per process.
+        scheduler = make_scheduler(optimizer, args, steps_per_epoch)
+        per_step = args.lr_scheduler_type == "cosine_per_step"
         result = TrainResult()
+        identity = run_identity(args, self.config, self.train_set, self.prompts)
         if resume_from_checkpoint:
             result.resumed_from_epoch = load_checkpoint(
-                self.model, args.output_dir, args.run_identity(), optimizer, scheduler, accelerator.device
+                self.model, args.output_dir, identity, optimizer, scheduler, accelerator.device
             )
+        elif accelerator.is_main_process:
+            start_new_run(args.output_dir)
         step, optimizer = accelerator.prepare(self._step_module(), optimizer)
         # The steps read neither the shallow layers nor the deep layers' base weights: off the device during them.
         frozen = FrozenOffload(self.model, idle_parameters(self.model) if args.offload_frozen else {})
@@ -198,20 +232,23 @@ class SkipTrainer:
             with frozen:
                 for i in range(steps_per_epoch):
                     group = batches[i * args.gradient_accumulation_steps : (i + 1) * args.gradient_accumulation_steps]
-                    lr = optimizer.param_groups[0]["lr"]
+                    lrs = {param_group["name"]: param_group["lr"] for param_group in optimizer.param_groups}
                     self._optimizer_step(step, cache, group, epoch, i, stats)
                     optimizer.step()
-                    scheduler.step()
+                    if per_step:
+                        scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                     bar.update(1)
                     bar.set_postfix(loss=f"{stats.loss / stats.images:.4f}", acc=f"{stats.correct / stats.images:.3f}")
-            result.history.append(stats.row(epoch + 1, lr, time.perf_counter() - epoch_start))
+            if not per_step:
+                scheduler.step()
+            result.history.append(stats.row(epoch + 1, lrs, time.perf_counter() - epoch_start))
             if accelerator.is_main_process:
                 save_checkpoint(
                     self.model,
                     args.output_dir,
                     epoch + 1,
-                    args.run_identity(),
+                    identity,
                     optimizer,
                     scheduler,
                     args.save_total_limit,
@@ -226,7 +263,27 @@ class SkipTrainer:
 
     def _batches(self, epoch: int) -> list[torch.Tensor]:
         """The epoch's batches of global image indices, the same in every process."""
-        return class_batches(self.labels, self.args.batch_size, self.per_class, _generator(self.args.seed, epoch))
+        args = self.args
+        generator = _generator(args.seed, epoch)
+        return class_batches(self.labels, args.batch_size, self.per_class, generator, args.dataloader_drop_last)
+
+    def _check_batches(self) -> None:
+        """Refuses batches that would leave a class, or every image, out of training (before any work is done)."""
+        args, counts = self.args, torch.bincount(self.labels, minlength=len(self.train_set.class_names))
+        if not args.dataloader_drop_last:
+            return
+        if self.per_class and int(counts.min()) < args.batch_size:
+            small = int(counts.argmin())
+            raise ValueError(
+                f"Class {self.train_set.class_names[small]!r} has {int(counts[small])} images, fewer than batch_size "
+                f"{args.batch_size}, so one-class batches without incomplete ones never train on it: lower "
+                "batch_size, use sampler='random', or set dataloader_drop_last=False."
+            )
+        if len(self.labels) < args.batch_size:
+            raise ValueError(
+                f"{len(self.labels)} training images make no full batch of {args.batch_size}: lower batch_size or set "
+                "dataloader_drop_last=False."
+            )
 
     def _optimizer_step(
         self,
@@ -246,7 +303,7 @@ class SkipTrainer:
         view = epoch % self.args.views if self.args.cache_mode == "views" else 0
         for micro, batch in enumerate(group):
             local = batch[batch % num_processes == rank]
-            states = cache.get(local, view) if len(local) else torch.zeros(0, 1, 1)
+            states = cache.get(local, view, self.compute_dtype) if len(local) else torch.zeros(0, 1, 1)
             labels = self.labels[local].to(accelerator.device)
             # Mean over the local images, rescaled so that DDP's average is the mean over the whole group.
             scale = len(local) * num_processes / group_size

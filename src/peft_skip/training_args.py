@@ -1,8 +1,11 @@
-"""How to train: the arguments of a run, the paper's presets, and the optimiser, schedule and batches they define.
+"""How to train: the arguments of a run, resolved from the paper's recipe, and the optimiser, schedule and batches they
+define.
 
 Field names follow `transformers.TrainingArguments` wherever a field means what it means there (`output_dir`,
-`num_train_epochs`, `learning_rate`, `seed`, `gradient_accumulation_steps`, `save_total_limit`, `disable_tqdm`,
-...); the short command-line flags (`--out`, `--epochs`, `--lr`, ...) are aliases.
+`num_train_epochs`, `learning_rate`, `lr_scheduler_type`, `dataloader_drop_last`, `seed`, `save_total_limit`,
+`disable_tqdm`, ...); the short command-line flags (`--out`, `--epochs`, `--lr`, ...) are aliases. Every field left
+`None` takes the value of `peft_skip.recipes.reference_recipe(protocol, recipe_dataset)`, the one source of the
+paper's hyper-parameters.
 """
 
 from __future__ import annotations
@@ -10,31 +13,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
-from torch import nn
-
 from .config import StorageDtype
-
-
-@dataclass(frozen=True)
-class Preset:
-    """Hyper-parameters of one of the paper's protocols (ViT-B/16, 16 shots)."""
-
-    learning_rate: float
-    num_train_epochs: int
-    warmup_epochs: int = 0
-    warmup_lr: float = 1e-6
-
-
-PRESETS: dict[str, Preset] = {
-    "few_shot": Preset(learning_rate=1e-5, num_train_epochs=40),
-    "base_to_new": Preset(learning_rate=2e-5, num_train_epochs=20, warmup_epochs=1, warmup_lr=1e-6),
-    "cross_dataset": Preset(learning_rate=1e-5, num_train_epochs=20),
-}
+from .recipes import PROTOCOLS, REFERENCE_DATASETS, Recipe, reference_recipe
 
 
 def _arg(default, help: str, *aliases: str, **kwargs):
@@ -44,7 +27,8 @@ def _arg(default, help: str, *aliases: str, **kwargs):
 
 @dataclass
 class SkipTrainingArguments:
-    """How to train. Fields left `None` take the value of `preset`.
+    """How to train. Fields left `None` take the value of the paper's recipe for `protocol` and `recipe_dataset`
+    (`peft-skip recipe` prints it).
 
     Fields with `compare=False` (where to write, progress bars, resuming, debugging) never change a run's result;
     every other field is part of the run's identity, which `--resume` checks.
@@ -54,30 +38,60 @@ class SkipTrainingArguments:
         metadata={"help": "Where the adapter, metrics.json and per-epoch checkpoints go.", "aliases": ["--out"]},
         compare=False,
     )
-    preset: Literal["few_shot", "base_to_new", "cross_dataset"] = _arg(
+    protocol: Literal[PROTOCOLS] = _arg(
         "few_shot",
-        "The paper's hyper-parameters: few_shot (lr 1e-5, 40 epochs); base_to_new (lr 2e-5, 20 epochs, 1 warm-up "
-        "epoch at 1e-6; trains on the first half of the classes, reports base, new and harmonic mean); cross_dataset "
-        "(lr 1e-5, 20 epochs).",
+        "The paper's protocol, whose recipe sets every option left unset: few_shot (lr 1e-5 both towers, 40 epochs); "
+        "base_to_new (text lr 2e-5, image lr 5e-6, 20 epochs, 1 warm-up epoch at 1e-6; trains on the first half of "
+        "the classes, reports base, new and harmonic mean); cross_dataset and domain_generalization (train on "
+        "ImageNet: text lr 1e-5, image lr 1e-6, 5 epochs, 1 warm-up epoch at 1e-8). See `peft-skip recipe`.",
+        "--preset",
+    )
+    recipe_dataset: Literal[REFERENCE_DATASETS] | None = _arg(
+        None,
+        "Which of the paper's datasets --data holds, so that its recipe applies (a quarter of the epochs on imagenet, "
+        "sun397 and food101; its prompt template). Default: the protocol's defaults.",
     )
     shots: int = _arg(16, "Training images per class (k of the k-shot protocol).")
-    num_train_epochs: int | None = _arg(None, "Number of epochs (default: the preset's).", "--epochs")
-    learning_rate: float | None = _arg(
-        None, "Peak learning rate of the cosine schedule (default: the preset's).", "--lr"
+    num_train_epochs: int | None = _arg(
+        None, "Number of epochs, warm-up included (default: the recipe's).", "--epochs"
     )
-    warmup_epochs: int | None = _arg(None, "Epochs at the constant warm-up lr before the cosine (default: preset's).")
-    warmup_lr: float | None = _arg(None, "Learning rate during warm-up (default: the preset's).")
-    batch_size: int = _arg(4, "Global batch size, split across processes under `accelerate launch` (paper: 4).")
+    learning_rate: float | None = _arg(
+        None, "Peak learning rate of the text tower and its head (default: the recipe's).", "--lr"
+    )
+    vision_learning_rate: float | None = _arg(
+        None,
+        "Peak learning rate of the image tower and its head (default: the recipe's; with --lr given, --lr times the "
+        "recipe's image/text ratio: 1 for few_shot, 1/4 for base_to_new, 1/10 for cross_dataset).",
+        "--vision-lr",
+    )
+    warmup_epochs: int | None = _arg(None, "Epochs at the constant warm-up lr before the cosine (default: recipe's).")
+    warmup_lr: float | None = _arg(None, "Learning rate of both towers during warm-up (default: the recipe's).")
+    lr_scheduler_type: Literal["dassl_cosine", "cosine_per_step"] | None = _arg(
+        None,
+        "dassl_cosine (the recipe's): warm-up, then a cosine restarting at the peak lr over num_train_epochs, stepped "
+        "once per epoch; cosine_per_step: warm-up, then a cosine over all steps (warm-up included), stepped per step.",
+    )
+    batch_size: int | None = _arg(
+        None, "Global batch size, split across processes under `accelerate launch` (default: the recipe's, 4)."
+    )
     gradient_accumulation_steps: int = _arg(1, "Batches per optimiser step; an epoch's last step may take fewer.")
     optim: Literal["sgd", "adamw_torch"] = _arg(
         "sgd", "sgd: the paper's (momentum below); adamw_torch.", "--optimizer"
     )
-    momentum: float = _arg(0.9, "SGD momentum.")
-    weight_decay: float = _arg(5e-4, "Weight decay of the tuned weights, toward the pre-trained ones (paper: 5e-4).")
+    momentum: float | None = _arg(None, "SGD momentum (default: the recipe's, 0.9).")
+    weight_decay: float | None = _arg(
+        None, "Weight decay of the trained weights, toward zero as in the reference (default: the recipe's, 5e-4)."
+    )
     sampler: Literal["auto", "class", "random"] = _arg(
         "auto",
-        "class: every batch from one class (the reference's batch_random); random: at random; auto: class when every "
-        "class has at least 4 images, like the reference.",
+        "class: every batch from one class, the class drawn at random among those with images left (the reference's "
+        "batch_random); random: at random; auto: class when every class has at least 4 images (and at least "
+        "batch_size with dataloader_drop_last), like the reference.",
+    )
+    dataloader_drop_last: bool | None = _arg(
+        None,
+        "Drop incomplete batches (with sampler class: a class's last batch; default: the recipe's, true); false "
+        "trains on every image every epoch.",
     )
     cache_mode: Literal["paper", "views"] = _arg(
         "paper",
@@ -97,6 +111,12 @@ class SkipTrainingArguments:
         2,
         "Worker processes that decode and transform images for the cache builds and evaluation (0: none).",
         compare=False,
+    )
+    precision: Literal["fp16_reference", "fp32"] | None = _arg(
+        None,
+        "fp16_reference (the recipe's): the whole model in float16 but its layer norms (float32), trained in float16 "
+        "without master weights or loss scaling, as the reference does; fp32: float32 weights (with "
+        "--mixed-precision: autocast over them). Default: the recipe's, fp32 with --mixed-precision or adamw_torch.",
     )
     mixed_precision: Literal["no", "bf16", "fp16"] = _arg(
         "no", "bf16 autocasts on CPU or GPU; fp16 needs a GPU. Overrides `accelerate launch --mixed_precision`."
@@ -120,13 +140,10 @@ class SkipTrainingArguments:
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            value, choices = getattr(self, f.name), typing.get_args(hints[f.name])
-            if typing.get_origin(hints[f.name]) is Literal and value not in choices:
+            value, choices = getattr(self, f.name), _choices(hints[f.name])
+            if choices is not None and value not in choices:
                 raise ValueError(f"SkipTrainingArguments.{f.name}={value!r} is invalid; expected one of {choices}.")
-        preset = PRESETS[self.preset]
-        for name in ("num_train_epochs", "learning_rate", "warmup_epochs", "warmup_lr"):
-            if getattr(self, name) is None:
-                setattr(self, name, getattr(preset, name))
+        self._resolve(self.recipe())
         for name in ("shots", "num_train_epochs", "batch_size", "gradient_accumulation_steps", "views"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SkipTrainingArguments.{name}={getattr(self, name)!r} is invalid; expected >= 1.")
@@ -139,64 +156,88 @@ class SkipTrainingArguments:
                 f"SkipTrainingArguments.warmup_epochs={self.warmup_epochs} is invalid; expected 0 <= warmup_epochs < "
                 f"num_train_epochs ({self.num_train_epochs})."
             )
-        if not (self.learning_rate > 0 and self.warmup_lr > 0):
+        if self.warmup_epochs and self.warmup_lr is None:
             raise ValueError(
-                f"Learning rates must be > 0; got learning_rate={self.learning_rate}, warmup_lr={self.warmup_lr}."
+                f"warmup_epochs={self.warmup_epochs} needs a warmup_lr: the {self.protocol} recipe has none."
             )
+        rates = {"learning_rate": self.learning_rate, "vision_learning_rate": self.vision_learning_rate}
+        if self.warmup_epochs:
+            rates["warmup_lr"] = self.warmup_lr
+        bad = ", ".join(f"{name}={rate}" for name, rate in rates.items() if not 0 < rate < math.inf)
+        if bad:
+            raise ValueError(f"Learning rates must be finite and > 0; got {bad}.")
+        if self.precision == "fp16_reference" and (self.mixed_precision != "no" or self.optim != "sgd"):
+            raise ValueError(
+                f"precision='fp16_reference' trains float16 weights with SGD and no autocast; got "
+                f"mixed_precision={self.mixed_precision!r}, optim={self.optim!r}: use precision='fp32' with them."
+            )
+
+    def _resolve(self, recipe: Recipe) -> None:
+        """Sets every field left `None` from `recipe`."""
+        if self.vision_learning_rate is None:
+            given = self.learning_rate is not None
+            self.vision_learning_rate = (
+                self.learning_rate * (recipe.vision_lr / recipe.text_lr) if given else recipe.vision_lr
+            )
+        if self.precision is None:
+            autocast_or_adam = self.mixed_precision != "no" or self.optim != "sgd"
+            self.precision = "fp32" if autocast_or_adam else recipe.precision
+        from_recipe = {
+            "learning_rate": recipe.text_lr,
+            "num_train_epochs": recipe.epochs,
+            "warmup_epochs": recipe.warmup_epochs,
+            "warmup_lr": recipe.warmup_lr,
+            "lr_scheduler_type": recipe.schedule,
+            "batch_size": recipe.batch_size,
+            "momentum": recipe.momentum,
+            "weight_decay": recipe.weight_decay,
+            "dataloader_drop_last": recipe.drop_last,
+        }
+        for name, value in from_recipe.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+
+    def recipe(self) -> Recipe:
+        """The paper's recipe for `protocol` and `recipe_dataset` (the source of the fields left `None`)."""
+        return reference_recipe(self.protocol, self.recipe_dataset, strict=True)
 
     def run_identity(self) -> dict:
         """The fields that change a run's result (all but those with `compare=False`)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare}
 
 
-def make_optimizer(parameters: Sequence[nn.Parameter], args: SkipTrainingArguments) -> torch.optim.Optimizer:
-    if args.optim == "sgd":
-        return torch.optim.SGD(
-            parameters, lr=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay
-        )
-    return torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=args.weight_decay)
+def _choices(hint) -> tuple | None:
+    """The allowed values of a `Literal` (or optional `Literal`) field, else `None`."""
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    literals = [h for h in typing.get_args(hint) if typing.get_origin(h) is Literal]
+    return (*typing.get_args(literals[0]), None) if literals else None
 
 
-def lr_lambda(args: SkipTrainingArguments, steps_per_epoch: int) -> Callable[[int], float]:
-    """Learning-rate factor per optimiser step: constant `warmup_lr` for the warm-up epochs, then cosine to 0.
-
-    Like the reference, the cosine runs over all epochs, warm-up included, so it resumes where it would be.
-    """
-    total = args.num_train_epochs * steps_per_epoch
-    warmup = args.warmup_epochs * steps_per_epoch
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return args.warmup_lr / args.learning_rate
-        return 0.5 * (1.0 + math.cos(math.pi * step / total))
-
-    return factor
-
-
-def class_batches(
-    labels: torch.Tensor, batch_size: int, per_class: bool, generator: torch.Generator
-) -> list[torch.Tensor]:
-    """One epoch of batches of image indices, each image exactly once.
-
-    Args:
-        labels (`torch.Tensor`): Class of every training image, shape `(n,)`.
-        batch_size (`int`): Images per batch; a class's (or the epoch's) last batch may be smaller.
-        per_class (`bool`): Draw every batch from a single class (the reference's "batch_random").
-        generator (`torch.Generator`): Source of the shuffling.
-
-    Returns:
-        `list[torch.Tensor]`: Index tensors of shape `(≤ batch_size,)` in training order.
-    """
-    if not per_class:
-        return list(torch.randperm(len(labels), generator=generator).split(batch_size))
-    batches = []
-    for c in labels.unique(sorted=True):
-        members = (labels == c).nonzero().flatten()
-        batches.extend(members[torch.randperm(len(members), generator=generator)].split(batch_size))
-    order = torch.randperm(len(batches), generator=generator)
-    return [batches[i] for i in order]
+# The `peft-skip train` options a recipe sets, beside the method's (`SkipConfig`) and the prompt template.
+_RECIPE_TRAIN_OPTIONS = (
+    "protocol",
+    "recipe_dataset",
+    "num_train_epochs",
+    "learning_rate",
+    "vision_learning_rate",
+    "warmup_epochs",
+    "warmup_lr",
+    "lr_scheduler_type",
+    "batch_size",
+    "optim",
+    "momentum",
+    "weight_decay",
+    "sampler",
+    "dataloader_drop_last",
+    "precision",
+)
 
 
-def uses_class_batches(args: SkipTrainingArguments, labels: torch.Tensor) -> bool:
-    """Whether batches come from one class each: `sampler="class"`, or `"auto"` with ≥ 4 images in every class."""
-    return args.sampler == "class" or (args.sampler == "auto" and int(torch.bincount(labels).min()) >= 4)
+def recipe_train_config(protocol: str, dataset: str | None) -> dict:
+    """The `peft-skip train --config` values of the paper's recipe: training options, method settings, template."""
+    recipe = reference_recipe(protocol, dataset, strict=True)
+    training = SkipTrainingArguments(output_dir="", protocol=protocol, recipe_dataset=dataset)
+    options = {name: getattr(training, name) for name in _RECIPE_TRAIN_OPTIONS}
+    method = {name: getattr(recipe, name) for name in ("skip_layers", "class_ratio", "max_classes", "class_decay")}
+    return options | method | {"token_drop": recipe.token_drop, "template": recipe.train_template}

@@ -124,3 +124,15 @@ def test_directory_spec_with_split_folders(tmp_path):
     write_folder(tmp_path / "plain", {"a": 1})
     with pytest.warns(UserWarning, match="uses all of its images"):
         assert len(load_dataset_spec(str(tmp_path / "plain"), "test")) == 1
+
+
+def test_coop_dataset_name_spec(tmp_path):
+    from coop_miniature import write_coop_miniature
+
+    from peft_skip.data.coop import load_coop_dataset
+
+    root = write_coop_miniature(tmp_path, datasets=("eurosat",))
+    test = load_dataset_spec("eurosat", "test", data_root=root)
+    assert test.items == load_coop_dataset("eurosat", root, "test").items and len(test) == 8
+    with pytest.raises(ValueError, match="--data-root"):
+        load_dataset_spec("eurosat", "test")

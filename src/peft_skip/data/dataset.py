@@ -78,7 +78,9 @@ class ImageDataset:
         return counts
 
     def fingerprint(self) -> str:
-        """A stable hash of the source, items, labels and class names (for reusing caches built from this set)."""
+        """A stable hash of the source, the images' contents, labels and class names (for reusing caches built from
+        this set and for resuming). Image files count by their bytes, not their paths: a file is hashed once per
+        process and again only when its size or modification time changes."""
         digest = hashlib.sha256()
         digest.update(json.dumps(self.class_names).encode())
         digest.update(str(None if self.source is None else self.source.key).encode())
@@ -87,11 +89,32 @@ class ImageDataset:
                 digest.update(f"{item.mode}{item.size}".encode())
                 digest.update(item.tobytes())
             else:
-                digest.update(
-                    os.fspath(item).encode() if isinstance(item, (str, os.PathLike)) else repr(item).encode()
-                )
+                digest.update(file_digest(item) if isinstance(item, (str, os.PathLike)) else repr(item).encode())
             digest.update(f":{label};".encode())
         return digest.hexdigest()[:16]
+
+
+# Content digests of image files, by real path: ((size, mtime_ns), sha256 digest).
+_file_digests: dict[str, tuple[tuple[int, int], bytes]] = {}
+
+
+def file_digest(path: str | os.PathLike) -> bytes:
+    """sha256 of a file's bytes, recomputed only when its size or modification time changed since the last call."""
+    key = os.path.realpath(path)
+    try:
+        stat = os.stat(key)
+    except OSError as error:
+        raise OSError(f"Cannot read image file {os.fspath(path)!r}: {error.strerror}. Replace or remove it.") from None
+    signature = (stat.st_size, stat.st_mtime_ns)
+    known = _file_digests.get(key)
+    if known is None or known[0] != signature:
+        with open(key, "rb") as f:
+            digest = hashlib.sha256()
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+        known = (signature, digest.digest())
+        _file_digests[key] = known
+    return known[1]
 
 
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:

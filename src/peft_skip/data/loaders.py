@@ -185,16 +185,24 @@ def load_hf_dataset(
 _SPLIT_ALIASES = {"val": ("val", "validation", "valid"), "validation": ("validation", "val", "valid")}
 
 
-def load_dataset_spec(spec: str, split: str, **kwargs) -> ImageDataset:
+def load_dataset_spec(spec: str, split: str, data_root: str | os.PathLike | None = None, **kwargs) -> ImageDataset:
     """Loads a dataset from a short spec (the CLI's `--dataset`).
 
     Args:
         spec: `"fashion-mnist"`, `"digits"`, `"hf:<name or saved dir>"`, `"imagefolder:<dir>"` (HF's image folder
-            builder), or a directory: an image folder (a sub-folder per class) or a folder with one such folder per
-            split (`train/`, `test/`, `val/`).
+            builder), a directory: an image folder (a sub-folder per class) or a folder with one such folder per
+            split (`train/`, `test/`, `val/`), or a name of `peft_skip.data.coop.COOP_DATASETS` (read from
+            `data_root`).
         split: `"train"`, `"test"`, ...
+        data_root: the DATA root of the CoOp-layout datasets.
         kwargs: passed to the loader (`image_column`, `class_names`, `root`, ...).
     """
+    from .coop import COOP_DATASETS, load_coop_dataset
+
+    if spec in COOP_DATASETS:
+        if data_root is None:
+            raise ValueError(f"{spec!r} is a CoOp-layout dataset: give its DATA root (--data-root DIR).")
+        return load_coop_dataset(spec, data_root, split)
     if spec in ("fashion-mnist", "fashion_mnist"):
         return load_fashion_mnist(split, **kwargs)
     if spec == "digits":

@@ -1,0 +1,174 @@
+"""A whole experiment as the command line runs it, callable from Python too: the few-shot data, zero-shot accuracy,
+Skip Tuning, the tuned accuracy and `metrics.json` (`train_and_evaluate`); or the accuracy of a saved adapter
+(`evaluate_saved`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+
+import torch
+import transformers
+
+from .arguments import DataArguments, EvalArguments, ModelArguments
+from .config import SkipConfig
+from .data import ImageDataset, ImageTransform, load_dataset_spec, sample_few_shot, split_base_new, subset_classes
+from .evaluation import evaluate_protocol, summary, tokenize_classes
+from .offline import has_random_weights
+from .precision import to_reference_fp16
+from .preflight import check_images_readable, check_launch
+from .run_state import claim_output_dir
+from .trainer import SkipTrainer, make_accelerator
+from .training_args import SkipTrainingArguments
+
+
+def load_model(model_args: ModelArguments, say=print):
+    """The model (in eval mode) and processor of `model_args.model`; says so when its weights are random."""
+    model = transformers.AutoModel.from_pretrained(model_args.model).eval()
+    processor = transformers.AutoProcessor.from_pretrained(model_args.model)
+    if has_random_weights(model):
+        say(
+            f"NOTE: {model_args.model} has RANDOM weights (no pretrained checkpoint can be downloaded here). The run "
+            "checks the mechanics, speed and memory; its accuracies say nothing about Skip Tuning on a real CLIP."
+        )
+    return model, processor
+
+
+def test_set(data: DataArguments) -> ImageDataset:
+    """The evaluated split; with `test_limit`, a fixed subset of it, the same for every seed and command."""
+    test = load_dataset_spec(data.data, data.split, data_root=data.data_root)
+    if data.test_limit and data.test_limit < len(test):
+        test = test.subset(sorted(random.Random(0).sample(range(len(test)), data.test_limit)))
+    return test
+
+
+def _write_json(path: str, payload: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2)
+
+
+def train_and_evaluate(
+    model_args: ModelArguments, data: DataArguments, config: SkipConfig, training: SkipTrainingArguments
+) -> dict:
+    """Few-shot Skip Tuning with zero-shot and tuned accuracy; writes the adapter and `metrics.json`.
+
+    Every check that needs no model (launch, `output_dir`, data, images) runs first.
+
+    Returns:
+        `dict`: The metrics (also in `output_dir/metrics.json`).
+
+    Raises:
+        NonFiniteLossError: The loss became NaN or infinite; the last good checkpoint is kept.
+    """
+    check_launch()
+    # An unusable or busy output_dir fails here, before the zero-shot evaluation and the first epoch.
+    with claim_output_dir(training.output_dir, main_process=int(os.environ.get("RANK", "0")) == 0):
+        return _train_and_evaluate(model_args, data, config, training)
+
+
+def _train_and_evaluate(
+    model_args: ModelArguments, data: DataArguments, config: SkipConfig, training: SkipTrainingArguments
+) -> dict:
+    from peft import get_peft_model
+
+    if training.disable_tqdm:
+        transformers.utils.logging.disable_progress_bar()
+    accelerator = make_accelerator(training.mixed_precision)
+    say = accelerator.print
+    recipe = training.recipe()
+    template = data.template or (recipe.train_template if training.recipe_dataset else data.resolved_template())
+    train_set = sample_few_shot(
+        load_dataset_spec(data.data, "train", data_root=data.data_root), training.shots, training.seed
+    )
+    test = test_set(data)
+    base_new = split_base_new(train_set.class_names) if training.protocol == "base_to_new" else None
+    if base_new is not None:
+        train_set = subset_classes(train_set, base_new[0])
+    check_images_readable(train_set)
+    model, processor = load_model(model_args, say)
+    classes = len(train_set.class_names)
+    say(f"{data.data}: {len(train_set)} training images ({training.shots} shots x {classes} classes)")
+
+    if training.precision == "fp16_reference":
+        to_reference_fp16(model)  # before the zero-shot evaluation, so that both accuracies use the same weights
+    model.to(accelerator.device)
+    eval_transform = ImageTransform.from_processor(processor, train=False)
+
+    def evaluate() -> dict:
+        tokenizer, batch_size = processor.tokenizer, data.per_device_eval_batch_size
+        workers = training.dataloader_num_workers
+        return evaluate_protocol(model, tokenizer, test, eval_transform, template, base_new, batch_size, workers)
+
+    model = get_peft_model(model, config)
+    prompts = tokenize_classes(model, processor.tokenizer, train_set.class_names, template)
+    transform = ImageTransform.from_processor(processor, train=True)
+    trainer = SkipTrainer(model, training, train_set, prompts, transform, accelerator=accelerator)
+    if training.resume_from_checkpoint:
+        trainer.check_resume()  # another run's checkpoint is refused before the zero-shot evaluation
+    with model.disable_adapter():
+        zero_shot = evaluate()
+    say(f"zero-shot accuracy (base model): {summary(zero_shot)}")
+    with torch.autograd.set_detect_anomaly(training.detect_anomaly):
+        result = trainer.train()
+    say(
+        f"image cache: {result.cache_bytes / 2**20:.1f} MiB per process, built in {result.cache_seconds:.1f} s in "
+        f"total; training {result.train_seconds:.1f} s"
+    )
+    tuned = evaluate()
+    say(f"zero-shot accuracy (base model): {summary(zero_shot)}")
+    say(f"Skip Tuning accuracy:            {summary(tuned)}")
+    metrics = {
+        "model": model_args.model,
+        "random_weights": has_random_weights(model.get_base_model()),
+        "data": dataclasses.asdict(data) | {"template": template},
+        "num_processes": accelerator.num_processes,
+        "training_arguments": training.run_identity(),
+        "skip_config": config.method_settings(),
+        "zero_shot": zero_shot,
+        "tuned": tuned,
+        "cache_bytes_per_process": result.cache_bytes,
+        "cache_seconds": result.cache_seconds,
+        "train_seconds": result.train_seconds,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "history": result.history,
+    }
+    if accelerator.is_main_process:
+        _write_json(os.path.join(training.output_dir, "metrics.json"), metrics)
+        say(f"adapter and metrics.json written to {training.output_dir}")
+    return metrics
+
+
+def evaluate_saved(model_args: ModelArguments, data: DataArguments, eval_args: EvalArguments) -> dict:
+    """Accuracy of the base model, or with the adapter `eval_args.adapter`; written to `eval_args.output_dir`'s
+    `eval_results.json` when given, else printed."""
+    accelerator = make_accelerator()
+    model, processor = load_model(model_args, accelerator.print)
+    if eval_args.adapter is not None:
+        from peft import PeftModel
+
+        # Read with Skip Tuning's own checks: peft's reader would fail on a broken file without naming it.
+        config = SkipConfig.from_pretrained(eval_args.adapter)
+        model = PeftModel.from_pretrained(model, eval_args.adapter, config=config)
+    model.to(accelerator.device)
+    transform = ImageTransform.from_processor(processor, train=False)
+    result = evaluate_protocol(
+        model,
+        processor.tokenizer,
+        test_set(data),
+        transform,
+        data.resolved_template(),
+        batch_size=data.per_device_eval_batch_size,
+        num_workers=eval_args.dataloader_num_workers,
+    )
+    result = {"model": model_args.model, "adapter": eval_args.adapter, **dataclasses.asdict(data), **result}
+    accelerator.print(f"accuracy: {summary(result)}")
+    if accelerator.is_main_process:
+        if eval_args.output_dir:
+            _write_json(os.path.join(eval_args.output_dir, "eval_results.json"), result)
+        else:
+            print(json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,75 @@
+"""One process at a time per directory: advisory file locks that the OS releases when their holder dies.
+
+`fcntl.flock` locks an open file description, so a killed run never leaves a lock behind (nothing to clean up, no
+stale-pid guessing). A lock is re-entrant within a thread (the CLI and the trainer may both claim the same output
+directory); another thread of the same process waits or fails like another process.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+logger = logging.getLogger(__name__)
+
+# Lock files held by each thread: real path -> [open file, nesting depth].
+_local = threading.local()
+
+
+class BusyError(OSError):
+    """Another process holds the lock."""
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike, purpose: str, wait: bool = False) -> Iterator[None]:
+    """Holds an exclusive lock on the file `path` (created if missing) for the `with` block.
+
+    Args:
+        path (`str` or `os.PathLike`): The lock file; its directory must exist.
+        purpose (`str`): What the lock protects, for the error message (e.g. "the output directory runs/a").
+        wait (`bool`): Wait for the holder to finish instead of failing.
+
+    Raises:
+        BusyError: `wait=False` and another process holds the lock; the message names its pid.
+    """
+    key = os.path.realpath(path)
+    _held = _local.__dict__.setdefault("held", {})
+    if key in _held:
+        _held[key][1] += 1
+        try:
+            yield
+        finally:
+            _held[key][1] -= 1
+        return
+    handle = open(key, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            if not wait:
+                raise BusyError(
+                    f"{purpose} is in use by another process (pid {holder}); wait for it to finish or use another "
+                    "directory."
+                ) from None
+            logger.info(f"Waiting for process {holder}, which holds {purpose}.")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        _held[key] = [handle, 1]
+        try:
+            yield
+        finally:
+            del _held[key]
+    finally:
+        handle.close()  # closing the file releases the lock
