@@ -433,3 +433,19 @@ def test_workers_build_the_same_caches_and_evaluate_the_same(tmp_path):
     data = TensorImages(per_class=5)
     accuracy = [evaluate_accuracy(serial, data, prompts(), identity, 4, num_workers=n) for n in (0, 2)]
     assert accuracy[0] == accuracy[1] and accuracy[0]["num_images"] == len(data)
+
+
+def test_views_are_different_augmentations(tmp_path):
+    trainer = SkipTrainer(
+        skip_model(),
+        SkipTrainingArguments(output_dir=str(tmp_path), cache_mode="views", views=3, disable_tqdm=True),
+        TensorImages(),
+        prompts(),
+        jitter,
+    )
+    cache = trainer._image_cache(-1)
+    indices = torch.arange(len(trainer.labels))
+    first, second, third = (cache.get(indices, view) for view in range(3))
+    assert not torch.equal(first, second) and not torch.equal(second, third)
+    again = trainer._image_cache(-1)
+    assert torch.equal(again.get(indices, 1), second)

@@ -76,8 +76,8 @@ def _describe(transform: Callable) -> dict | str:
 
 
 class _AugmentedImages:
-    """`images(view, indices)` of the image cache of pass `key`: each image augmented with its own generator, so
-    that any process (a data loader's worker included) computes the same pixels."""
+    """`images(view, indices)` of the image cache of pass `key`: each image of each view augmented with its own
+    generator, so that any process (a data loader's worker included) computes the same pixels."""
 
     def __init__(self, train_set, transform: Callable, seed: int, key: int) -> None:
         self.train_set, self.transform, self.seed, self.key = train_set, transform, seed, key
@@ -85,7 +85,7 @@ class _AugmentedImages:
     def __call__(self, view: int, indices: torch.Tensor) -> torch.Tensor:
         return torch.stack(
             [
-                self.transform(self.train_set.image(int(i)), generator=_generator(self.seed, self.key, int(i)))
+                self.transform(self.train_set.image(int(i)), generator=_generator(self.seed, self.key, view, int(i)))
                 for i in indices
             ]
         )
@@ -366,7 +366,13 @@ class SkipTrainer:
             views=views,
             dtype=getattr(torch, args.cache_dtype),
             cache_dir=args.cache_dir,
-            fingerprint={"data": data, "augmentation": _describe(self.transform), "seed": args.seed, "pass": key},
+            fingerprint={
+                "data": data,
+                "augmentation": _describe(self.transform),
+                # "per view": each view has its own augmentation (earlier versions repeated the first).
+                "seed": {"seed": args.seed, "per view": True},
+                "pass": key,
+            },
             indices=torch.arange(state.process_index, len(self.train_set), state.num_processes),
             progress=not args.disable_tqdm and self.accelerator.is_local_main_process,
             num_workers=args.dataloader_num_workers,
