@@ -1,9 +1,4 @@
-"""LSkip: the hidden states at layer ω of both towers, computed once without gradients.
-
-The shallow layers are frozen, so their outputs only change when the inputs do: the text prompts never change
-(`TextCache`, built once), the images change with the augmentation (`ImageCache`, either rebuilt every epoch with
-`views=1` as the paper does, or built once with several augmented views that training then picks from).
-"""
+"""The image cache: image states at layer ω of the vision tower, per augmented view, in memory or on disk."""
 
 from __future__ import annotations
 
@@ -15,17 +10,17 @@ import logging
 import math
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data.workers import ordered_map
-from .fingerprint import fingerprint as weights_fingerprint
-from .locks import file_lock
-from .towers import Tower
+from ..data.workers import ordered_map
+from ..fingerprint import fingerprint as weights_fingerprint
+from ..locks import file_lock
+from ..towers import Tower
+from .common import _check_skip_layers, _device_of, human_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -34,97 +29,6 @@ _META_FILE = "meta.json"
 _COMPLETE_FILE = "complete"
 # numpy has no bfloat16: such states are stored as their raw 16-bit patterns.
 _NUMPY_STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16}
-
-
-def _check_skip_layers(tower: Tower, skip_layers: int) -> None:
-    if not 0 <= skip_layers <= tower.num_layers:
-        raise ValueError(
-            f"skip_layers must lie in [0, {tower.num_layers}] for the {tower.name} tower "
-            f"({tower.num_layers} layers), got {skip_layers}."
-        )
-
-
-def _device_of(tower: Tower) -> torch.device:
-    return next(tower.model.parameters()).device
-
-
-def human_bytes(num_bytes: int) -> str:
-    """`num_bytes` as a short human readable string, e.g. `"1.5 GB"`."""
-    if num_bytes < 1024:
-        return f"{num_bytes} B"
-    size, unit = num_bytes / 1024, "KB"
-    for bigger in ("MB", "GB", "TB"):
-        if size < 1024:
-            break
-        size, unit = size / 1024, bigger
-    return f"{size:.1f} {unit}"
-
-
-@dataclass
-class TextCache:
-    """Text states at layer ω for all class prompts.
-
-    Attributes:
-        hidden (`torch.Tensor`): Input of text layer ω, shape `(C, L, D_t)`.
-        input_ids (`torch.Tensor`): Token ids (for pooling), shape `(C, L)`.
-        attention_mask (`torch.Tensor`): Padding mask (for the deep layers' mask), shape `(C, L)`.
-    """
-
-    hidden: torch.Tensor
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.hidden.shape[0]
-
-    def subset(self, classes: torch.Tensor) -> TextCache:
-        """The cache of some classes only.
-
-        Args:
-            classes (`torch.Tensor`): Class indices, shape `(K',)`.
-        """
-        classes = classes.to(self.hidden.device)
-        return TextCache(self.hidden[classes], self.input_ids[classes], self.attention_mask[classes])
-
-    def to(self, device: torch.device | str) -> TextCache:
-        return TextCache(self.hidden.to(device), self.input_ids.to(device), self.attention_mask.to(device))
-
-
-@torch.no_grad()
-def build_text_cache(
-    tower: Tower,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    skip_layers: int,
-    dtype: torch.dtype | None = None,
-) -> TextCache:
-    """Runs the text tower's embeddings and layers `[0, skip_layers)` on all prompts.
-
-    The token dimension is trimmed to the longest prompt: the text tower is causal and pools at the end-of-text token,
-    so the padding after the longest prompt never changes a pooled feature.
-
-    Args:
-        tower (`Tower`): The text tower.
-        input_ids (`torch.Tensor`): Token ids of the prompts, shape `(C, L)`.
-        attention_mask (`torch.Tensor`): Padding mask, 1 for real tokens, shape `(C, L)`.
-        skip_layers (`int`): ω, the number of frozen shallow layers.
-        dtype (`torch.dtype`, *optional*): Storage dtype of the states; the tower's dtype by default.
-    """
-    _check_skip_layers(tower, skip_layers)
-    if input_ids.shape != attention_mask.shape or input_ids.ndim != 2:
-        raise ValueError(
-            f"input_ids and attention_mask must both have shape (C, L), got {tuple(input_ids.shape)} and "
-            f"{tuple(attention_mask.shape)}."
-        )
-    real = attention_mask.bool().any(dim=0)
-    if not real.any():
-        raise ValueError("attention_mask has no real token (all zeros): every prompt is empty.")
-    length = int(torch.nonzero(real).max()) + 1
-    device = _device_of(tower)
-    input_ids = input_ids[:, :length].to(device)
-    attention_mask = attention_mask[:, :length].to(device)
-    hidden = tower.run_layers(tower.embed(input_ids=input_ids), 0, skip_layers, attention_mask=attention_mask)
-    return TextCache(hidden.to(dtype or hidden.dtype), input_ids, attention_mask)
 
 
 def _indices_digest(indices: torch.Tensor) -> str:
