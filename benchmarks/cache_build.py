@@ -67,8 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     import peft_skip.cache.image
     from peft_skip import SkipConfig, get_towers
     from peft_skip.data import ImageTransform, load_image_folder
+    from peft_skip.data.augmented import AugmentedImages
     from peft_skip.offline import make_offline_model
-    from peft_skip.trainer import SkipTrainer, _AugmentedImages
+    from peft_skip.trainer import SkipTrainer
     from peft_skip.training_args import SkipTrainingArguments
 
     if args.threads:
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         prompts["attention_mask"] = torch.ones_like(prompts["input_ids"])
 
         # (a) The same pixels the build computes (pass 0 of the paper's cache mode), decoded before timing.
-        pixels = _AugmentedImages(train_set, transform, seed=0, key=0)(0, torch.arange(len(train_set)))
+        pixels = AugmentedImages(train_set, transform, seed=0, key=0)(0, torch.arange(len(train_set)))
 
         @torch.no_grad()
         def pure_forward() -> float:

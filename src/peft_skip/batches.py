@@ -56,3 +56,29 @@ def uses_class_batches(args: SkipTrainingArguments, labels: torch.Tensor) -> boo
     smallest = int(torch.bincount(labels).min())
     enough = smallest >= 4 and (smallest >= args.batch_size or not args.dataloader_drop_last)
     return args.sampler == "class" or (args.sampler == "auto" and enough)
+
+
+def check_batches(labels: torch.Tensor, class_names: list[str], args: SkipTrainingArguments, per_class: bool) -> None:
+    """Refuses batches that would leave a class, or every image, out of training (before any work is done).
+
+    Args:
+        labels (`torch.Tensor`): Class of every training image, shape `(n,)`.
+        class_names (`list[str]`): Names of the classes, in label order.
+        args (`SkipTrainingArguments`): Gives `batch_size` and `dataloader_drop_last`.
+        per_class (`bool`): Whether every batch is drawn from one class.
+    """
+    if not args.dataloader_drop_last:
+        return
+    counts = torch.bincount(labels, minlength=len(class_names))
+    if per_class and int(counts.min()) < args.batch_size:
+        small = int(counts.argmin())
+        raise ValueError(
+            f"Class {class_names[small]!r} has {int(counts[small])} images, fewer than batch_size "
+            f"{args.batch_size}, so one-class batches without incomplete ones never train on it: lower "
+            "batch_size, use sampler='random', or set dataloader_drop_last=False."
+        )
+    if len(labels) < args.batch_size:
+        raise ValueError(
+            f"{len(labels)} training images make no full batch of {args.batch_size}: lower batch_size or set "
+            "dataloader_drop_last=False."
+        )

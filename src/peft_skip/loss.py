@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .cache import TextCache
+from .cache import TextCache, build_text_cache
 from .classes import ClassSelector
 from .config import SkipConfig
 from .towers import Towers
@@ -115,6 +115,36 @@ class SkipTuningStep(nn.Module):
         self.text_cache = text_cache
         self.prototypes = prototypes
         self.selector = selector
+
+    @classmethod
+    @torch.no_grad()
+    def from_prompts(
+        cls,
+        model: nn.Module,
+        towers: Towers,
+        prompts: dict[str, torch.Tensor],
+        generator: torch.Generator,
+        device: torch.device | str,
+    ) -> SkipTuningStep:
+        """The step of `model`: the text cache of the prompts, the prototypes and CSkip's selector.
+
+        Args:
+            model (`nn.Module`): The `PeftModel` being trained; its active adapter's `SkipConfig` gives ω and CSkip.
+            towers (`Towers`): Its towers.
+            prompts (`dict[str, torch.Tensor]`): `input_ids` and `attention_mask` of every class, shape `(C, L)`.
+            generator (`torch.Generator`): Randomness of CSkip's kept tail.
+            device (`torch.device` or `str`): Where the caches live.
+        """
+        config = model.peft_config[model.active_adapter]
+        input_ids, attention_mask = prompts["input_ids"].to(device), prompts["attention_mask"].to(device)
+        text_cache = build_text_cache(towers.text, input_ids, attention_mask, config.tower_skip_layers("text"))
+        # Prototypes come from the pre-trained model, also when resuming with non-zero deltas.
+        with model.disable_adapter():
+            prototypes = towers.text_features(input_ids, attention_mask).float()
+        selector = ClassSelector(
+            len(input_ids), config.class_ratio, config.max_classes, config.class_decay, generator=generator
+        )
+        return cls(model, towers, text_cache, prototypes, selector)
 
     def forward(
         self, image_states: torch.Tensor, labels: torch.Tensor, scale: float, generator: torch.Generator

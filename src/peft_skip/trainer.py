@@ -22,10 +22,10 @@ from accelerate import Accelerator
 from peft import PeftModel
 from tqdm.auto import tqdm
 
-from .batches import class_batches, uses_class_batches
-from .cache import ImageCache, build_text_cache
-from .classes import ClassSelector
+from .batches import check_batches, class_batches, uses_class_batches
+from .cache import ImageCache
 from .config import SkipConfig
+from .data.augmented import AugmentedImages, describe_transform, seeded_generator
 from .loss import SkipTuningStep
 from .offload import FrozenOffload, idle_parameters
 from .precision import COMPUTE_DTYPES, to_reference_fp16
@@ -61,34 +61,6 @@ def make_accelerator(mixed_precision: str = "no") -> Accelerator:
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
-
-
-def _generator(*keys: int) -> torch.Generator:
-    """A generator seeded by a tuple of integers: the same keys give the same stream in every process."""
-    return torch.Generator().manual_seed(hash(keys) & 0xFFFF_FFFF_FFFF)
-
-
-def _describe(transform: Callable) -> dict | str:
-    """What identifies an augmentation across runs (its settings, not its address) for the cache fingerprint."""
-    if not hasattr(transform, "__dict__") or not vars(transform):
-        return getattr(transform, "__qualname__", type(transform).__qualname__)
-    return {k: str(v) for k, v in vars(transform).items() if not isinstance(v, torch.Generator)}
-
-
-class _AugmentedImages:
-    """`images(view, indices)` of the image cache of pass `key`: each image of each view augmented with its own
-    generator, so that any process (a data loader's worker included) computes the same pixels."""
-
-    def __init__(self, train_set, transform: Callable, seed: int, key: int) -> None:
-        self.train_set, self.transform, self.seed, self.key = train_set, transform, seed, key
-
-    def __call__(self, view: int, indices: torch.Tensor) -> torch.Tensor:
-        return torch.stack(
-            [
-                self.transform(self.train_set.image(int(i)), generator=_generator(self.seed, self.key, view, int(i)))
-                for i in indices
-            ]
-        )
 
 
 @dataclass
@@ -163,7 +135,7 @@ class SkipTrainer:
         self.towers = get_towers(model)
         self.compute_dtype = COMPUTE_DTYPES[args.precision]
         self.per_class = uses_class_batches(args, self.labels)
-        self._check_batches()
+        check_batches(self.labels, train_set.class_names, args, self.per_class)
 
     def check_resume(self) -> None:
         """Raises if the latest checkpoint in `output_dir` is damaged or of another run (naming what differs); for
@@ -208,7 +180,10 @@ class SkipTrainer:
             )
         elif accelerator.is_main_process:
             start_new_run(args.output_dir)
-        step, optimizer = accelerator.prepare(self._step_module(), optimizer)
+        step = SkipTuningStep.from_prompts(
+            self.model, self.towers, self.prompts, seeded_generator(args.seed, -1), accelerator.device
+        )
+        step, optimizer = accelerator.prepare(step, optimizer)
         # The steps read neither the shallow layers nor the deep layers' base weights: off the device during them.
         frozen = FrozenOffload(self.model, idle_parameters(self.model) if args.offload_frozen else {})
 
@@ -227,32 +202,14 @@ class SkipTrainer:
                 result.cache_seconds += time.perf_counter() - epoch_start
                 result.cache_bytes = cache.nbytes
             bar.set_description(f"epoch {epoch + 1}/{args.num_train_epochs}")
-            stats = EpochStats()
-            batches = self._batches(epoch)
             with frozen:
-                for i in range(steps_per_epoch):
-                    group = batches[i * args.gradient_accumulation_steps : (i + 1) * args.gradient_accumulation_steps]
-                    lrs = {param_group["name"]: param_group["lr"] for param_group in optimizer.param_groups}
-                    self._optimizer_step(step, cache, group, epoch, i, stats)
-                    optimizer.step()
-                    if per_step:
-                        scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{stats.loss / stats.images:.4f}", acc=f"{stats.correct / stats.images:.3f}")
+                stats, lrs = self._train_epoch(step, optimizer, scheduler if per_step else None, cache, epoch, bar)
             if not per_step:
                 scheduler.step()
             result.history.append(stats.row(epoch + 1, lrs, time.perf_counter() - epoch_start))
             if accelerator.is_main_process:
-                save_checkpoint(
-                    self.model,
-                    args.output_dir,
-                    epoch + 1,
-                    identity,
-                    optimizer,
-                    scheduler,
-                    args.save_total_limit,
-                )
+                keep = args.save_total_limit
+                save_checkpoint(self.model, args.output_dir, epoch + 1, identity, optimizer, scheduler, keep)
             accelerator.wait_for_everyone()
         bar.close()
         result.train_seconds = time.perf_counter() - started
@@ -261,29 +218,28 @@ class SkipTrainer:
         accelerator.wait_for_everyone()
         return result
 
+    def _train_epoch(self, step, optimizer, step_scheduler, cache: ImageCache, epoch: int, bar) -> tuple:
+        """The optimiser steps of one epoch (`step_scheduler`, if given, is stepped after each); returns the epoch's
+        `EpochStats` and the learning rates of its last step by parameter group."""
+        args, stats = self.args, EpochStats()
+        batches = self._batches(epoch)
+        for i in range(math.ceil(len(batches) / args.gradient_accumulation_steps)):
+            group = batches[i * args.gradient_accumulation_steps : (i + 1) * args.gradient_accumulation_steps]
+            lrs = {param_group["name"]: param_group["lr"] for param_group in optimizer.param_groups}
+            self._optimizer_step(step, cache, group, epoch, i, stats)
+            optimizer.step()
+            if step_scheduler is not None:
+                step_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats.loss / stats.images:.4f}", acc=f"{stats.correct / stats.images:.3f}")
+        return stats, lrs
+
     def _batches(self, epoch: int) -> list[torch.Tensor]:
         """The epoch's batches of global image indices, the same in every process."""
         args = self.args
-        generator = _generator(args.seed, epoch)
+        generator = seeded_generator(args.seed, epoch)
         return class_batches(self.labels, args.batch_size, self.per_class, generator, args.dataloader_drop_last)
-
-    def _check_batches(self) -> None:
-        """Refuses batches that would leave a class, or every image, out of training (before any work is done)."""
-        args, counts = self.args, torch.bincount(self.labels, minlength=len(self.train_set.class_names))
-        if not args.dataloader_drop_last:
-            return
-        if self.per_class and int(counts.min()) < args.batch_size:
-            small = int(counts.argmin())
-            raise ValueError(
-                f"Class {self.train_set.class_names[small]!r} has {int(counts[small])} images, fewer than batch_size "
-                f"{args.batch_size}, so one-class batches without incomplete ones never train on it: lower "
-                "batch_size, use sampler='random', or set dataloader_drop_last=False."
-            )
-        if len(self.labels) < args.batch_size:
-            raise ValueError(
-                f"{len(self.labels)} training images make no full batch of {args.batch_size}: lower batch_size or set "
-                "dataloader_drop_last=False."
-            )
 
     def _optimizer_step(
         self,
@@ -298,7 +254,7 @@ class SkipTrainer:
         gradients are synchronised across processes on the last batch only."""
         accelerator = self.accelerator
         num_processes, rank = accelerator.num_processes, accelerator.process_index
-        generator = _generator(self.args.seed, epoch, rank, index)
+        generator = seeded_generator(self.args.seed, epoch, rank, index)
         group_size = sum(len(b) for b in group)
         view = epoch % self.args.views if self.args.cache_mode == "views" else 0
         for micro, batch in enumerate(group):
@@ -330,33 +286,12 @@ class SkipTrainer:
             stats.correct += int(correct)
             stats.images += int(images)
 
-    def _step_module(self) -> SkipTuningStep:
-        """The text cache, the prototypes and CSkip's selector around the model."""
-        device = self.accelerator.device
-        input_ids = self.prompts["input_ids"].to(device)
-        attention_mask = self.prompts["attention_mask"].to(device)
-        with torch.no_grad():
-            text_cache = build_text_cache(
-                self.towers.text, input_ids, attention_mask, self.config.tower_skip_layers("text")
-            )
-            # Prototypes come from the pre-trained model, also when resuming with non-zero deltas.
-            with self.model.disable_adapter():
-                prototypes = self.towers.text_features(input_ids, attention_mask).float()
-        selector = ClassSelector(
-            len(self.train_set.class_names),
-            self.config.class_ratio,
-            self.config.max_classes,
-            self.config.class_decay,
-            generator=_generator(self.args.seed, -1),
-        )
-        return SkipTuningStep(self.model, self.towers, text_cache, prototypes, selector)
-
     def _image_cache(self, key: int) -> ImageCache:
         """This process's shard of the image cache for pass `key` (an epoch, or -1 for the views built once)."""
         args, state = self.args, self.accelerator.state
         views = 1 if args.cache_mode == "paper" else args.views
 
-        images = _AugmentedImages(self.train_set, self.transform, args.seed, key)
+        images = AugmentedImages(self.train_set, self.transform, args.seed, key)
         data = self.train_set.fingerprint() if hasattr(self.train_set, "fingerprint") else len(self.train_set)
         return ImageCache.build(
             self.towers.vision,
@@ -368,7 +303,7 @@ class SkipTrainer:
             cache_dir=args.cache_dir,
             fingerprint={
                 "data": data,
-                "augmentation": _describe(self.transform),
+                "augmentation": describe_transform(self.transform),
                 # "per view": each view has its own augmentation (earlier versions repeated the first).
                 "seed": {"seed": args.seed, "per view": True},
                 "pass": key,
