@@ -1,6 +1,6 @@
 """A captioned image world, generated offline: coloured objects on patterned backgrounds, with their captions.
 
-The world has 30 objects (10 Fashion-MNIST items, 10 handwritten digits, 10 drawn shapes), 10 colours, 3 sizes, 5
+The world has 20 objects (10 Fashion-MNIST items, 10 drawn shapes), 10 colours, 3 sizes, 5
 positions, 8 background kinds and 2 styles. A scene picks one value of each; `World.render` draws scenes as 32x32 RGB
 images (vectorised, in torch) and `World.captions` describes them in words through varied templates, so that a text
 tower has to learn words rather than class ids. Everything is a function of the world's seed and of the numpy
@@ -20,12 +20,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .data import load_digits, load_fashion_mnist
+from .data import load_fashion_mnist
 
 FASHION = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
-DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 SHAPES = ["circle", "square", "triangle", "star", "cross", "ring", "diamond", "heart", "hexagon", "crescent"]
-OBJECTS = FASHION + DIGITS + SHAPES
+OBJECTS = FASHION + SHAPES
 COLOURS = {
     "red": (215, 35, 35),
     "orange": (245, 135, 25),
@@ -111,7 +110,7 @@ class World:
         self.seed = seed
         self.fashion_mnist_root = fashion_mnist_root
         rng = np.random.default_rng([seed, 1])
-        # Each object loses 2 of its 10 colours, each colour is lost by 6 objects: balanced, and seed-dependent.
+        # Each object loses 2 of its 10 colours, each colour is lost by 4 objects: balanced, and seed-dependent.
         colour_perm, object_perm = rng.permutation(10), rng.permutation(len(OBJECTS))
         held = np.zeros((len(OBJECTS), len(COLOURS)), dtype=bool)
         for rank, obj in enumerate(object_perm):
@@ -123,23 +122,14 @@ class World:
         """Every item instance as a (rows, 1, 28, 28) uint8 intensity, and each split's rows per object."""
         fashion_train = load_fashion_mnist("train", self.fashion_mnist_root)
         fashion_test = load_fashion_mnist("test", self.fashion_mnist_root)
-        digits = [load_digits(split) for split in ("train", "test")]
         fm_images = np.concatenate([fashion_train.source.images, fashion_test.source.images])
         fm_labels = np.array(fashion_train.labels + fashion_test.labels)
-        dg_small = digits[0].source.images[np.concatenate([d.items for d in digits])]
-        dg_labels = np.array(digits[0].labels + digits[1].labels)
-        dg_images = F.interpolate(torch.from_numpy(dg_small[:, None]).float(), size=28, mode="bilinear")
-        dg_images = (dg_images * 1.3).clamp(0, 255).round().to(torch.uint8)[:, 0].numpy()
         shapes = np.round(_shape_masks() * 255).astype(np.uint8)
-        bank = np.concatenate([fm_images, dg_images, shapes])
-        offsets = (0, len(fm_images), len(fm_images) + len(dg_images))
+        bank = np.concatenate([fm_images, shapes])
         # Pretraining, task training and task test images use disjoint item instances (shapes have one each).
         pools = {name: [] for name in ("pretrain", "train", "test")}
-        fm_pools = _split_rows(fm_labels, 10, 3, self.seed)
-        dg_pools = _split_rows(dg_labels, 10, 3, self.seed + 1)
-        for p, name in enumerate(pools):
-            pools[name] += [rows + offsets[0] for rows in fm_pools[p]] + [rows + offsets[1] for rows in dg_pools[p]]
-            pools[name] += [np.array([offsets[2] + s]) for s in range(len(SHAPES))]
+        for name, rows in zip(pools, _split_rows(fm_labels, len(FASHION), 3, self.seed), strict=True):
+            pools[name] = [*rows, *(np.array([len(fm_images) + s]) for s in range(len(SHAPES)))]
         return torch.from_numpy(bank[:, None]), pools
 
     def sample(
@@ -164,7 +154,7 @@ class World:
             "background": BACKGROUNDS,
             "style": STYLES,
         }
-        fixed = {"background": PRETRAIN_BACKGROUNDS, "style": "solid", **fixed}
+        fixed = {"background": PRETRAIN_BACKGROUNDS, "style": "solid", "position": "in the middle", **fixed}
         scenes, allowed = {}, {}
         for name, names in choices.items():
             value = fixed.get(name, names)
@@ -193,11 +183,11 @@ class World:
         """
         num, side = len(scenes["object"]), IMAGE_SIZE
         intensity = self._bank[0][torch.from_numpy(scenes["instance"])].float() / 255
-        is_shape = scenes["object"] >= len(FASHION) + len(DIGITS)
+        is_shape = scenes["object"] >= len(FASHION)
         low, high = np.array([_SIZE_PIXELS[s] for s in SIZES]).T[:, scenes["size"]]
         box = rng.uniform(low, high) * rng.uniform(0.9, 1.1, size=(2, num))  # (2, num): width, height in pixels
-        centre = _POSITION_OFFSETS[scenes["position"]] + rng.uniform(-2, 2, size=(num, 2))
-        angle = np.where(is_shape, rng.uniform(-0.35, 0.35, num), rng.uniform(-0.08, 0.08, num))
+        centre = _POSITION_OFFSETS[scenes["position"]] + rng.uniform(-1, 1, size=(num, 2))
+        angle = np.where(is_shape, rng.uniform(-0.2, 0.2, num), rng.uniform(-0.08, 0.08, num))
         cos, sin = np.cos(angle), np.sin(angle)
         half = box / side  # box half-size in [-1, 1] units
         cx, cy = centre[:, 0] / (side / 2), centre[:, 1] / (side / 2)
@@ -285,14 +275,24 @@ class World:
             captions.append(" ".join(text.replace(" .", ".").split()))
         return captions
 
-    def pretraining_batch(self, num: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
-        """`num` pretraining images `(num, 32, 32, 3)` uint8 and their captions."""
-        scenes = self.sample(num, rng, "pretrain")
+    def pretraining_batch(self, num: int, rng: np.random.Generator, easy: float = 0.3) -> tuple[np.ndarray, list[str]]:
+        """`num` pretraining images `(num, 32, 32, 3)` uint8 and their captions.
+
+        Args:
+            easy (`float`): Fraction of easy scenes: a medium or large object on a plain background. A small ViT learns
+                colours in a few steps but shapes slowly; clean examples speed the shapes up.
+        """
+        num_easy = round(num * easy)
+        parts = [
+            self.sample(num_easy, rng, background="plain", size=["medium", "large"]),
+            self.sample(num - num_easy, rng),
+        ]
+        scenes = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
         return self.render(scenes, rng), self.captions(scenes, rng)
 
 
 def world_words() -> list[str]:
     """Every word the world's captions and task class names can use (for building a tokenizer)."""
-    texts = [*OBJECTS, *COLOUR_NAMES, *SIZES, *POSITIONS, *BACKGROUNDS, *STYLES, "background", "digit", "number"]
+    texts = [*OBJECTS, *COLOUR_NAMES, *SIZES, *POSITIONS, *BACKGROUNDS, *STYLES, "background"]
     texts += [t.format(a="a an", desc="", obj="", colour="", bg="", bg_a="", pos="") for t in _TEMPLATES]
     return texts
