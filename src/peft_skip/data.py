@@ -402,7 +402,7 @@ def load_dataset_spec(spec: str, split: str, **kwargs) -> ImageDataset:
     Args:
         spec: `"fashion-mnist"`, `"digits"`, `"hf:<name or saved dir>"`, `"imagefolder:<dir>"` (HF's image folder
             builder), or a directory: an image folder (a sub-folder per class) or a folder with one such folder per
-            split (`train/`, `test/`, `val/`).
+            split (`train/`, `test/`, `val/`); `"world:<task>"` is a task of the captioned world (`world_tasks.py`).
         split: `"train"`, `"test"`, ...
         kwargs: passed to the loader (`image_column`, `class_names`, `root`, ...).
     """
@@ -410,6 +410,10 @@ def load_dataset_spec(spec: str, split: str, **kwargs) -> ImageDataset:
         return load_fashion_mnist(split, **kwargs)
     if spec == "digits":
         return load_digits(split, **kwargs)
+    if spec.startswith("world:"):
+        from .world_tasks import load_world_task  # world_tasks imports this module
+
+        return load_world_task(spec[len("world:") :], split, **kwargs)
     if spec.startswith("hf:"):
         return load_hf_dataset(spec[3:], split, **kwargs)
     if spec.startswith("imagefolder:"):
