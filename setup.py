@@ -8,6 +8,8 @@ setup(
     long_description_content_type="text/markdown",
     package_dir={"": "src"},
     packages=find_packages("src"),
+    # The pretrained world CLIP (`peft_skip.pretrain.world_clip_path()`).
+    package_data={"peft_skip": ["assets/world-clip/*"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
