@@ -203,7 +203,7 @@ class World:
         shade = F.grid_sample(intensity, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         alpha = ((shade - 0.03) * 5).clamp(0, 1)
         outlined = torch.from_numpy(scenes["style"] == 1).view(-1, 1, 1, 1)
-        eroded = -F.max_pool2d(-alpha, 5, 1, 2)
+        eroded = -F.max_pool2d(-alpha, 7, 1, 3)
         alpha = torch.where(outlined, (alpha - eroded).clamp(0, 1), alpha)
         palette = np.array(list(COLOURS.values()), dtype=np.float32) / 255
         colour = np.clip(palette[scenes["colour"]] + rng.uniform(-0.08, 0.08, (num, 3)), 0, 1)

@@ -53,7 +53,6 @@ def _combos(world: World, count: int) -> WorldTask:
         shift="colour-object combinations never seen in pretraining",
         classes=tuple({"colour": COLOUR_NAMES[c], "object": OBJECTS[o]} for c, o in chosen),
         names=tuple(f"{COLOUR_NAMES[c]} {OBJECTS[o]}" for c, o in chosen),
-        scene={"size": ["medium", "large"]},
         seen_only=False,
     )
 
@@ -65,7 +64,7 @@ def world_tasks(world: World) -> dict[str, WorldTask]:
     """The tasks of `world` by name."""
     items = FASHION + SHAPES
     return {
-        "combos": _combos(world, 20),
+        "combos": _combos(world, 40),
         "backgrounds": WorldTask(
             shift=f"background kinds never seen in pretraining ({', '.join(_NEW_BACKGROUNDS)})",
             classes=tuple({"object": o} for o in items),
