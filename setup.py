@@ -8,8 +8,12 @@ setup(
     long_description_content_type="text/markdown",
     package_dir={"": "src"},
     packages=find_packages("src"),
-    # Metric modules that `evaluate.load` reads from a directory: not packages, so listed as data.
-    package_data={"peft_skip.metrics": ["base_new_accuracy/*.py"]},
+    package_data={
+        # Metric modules that `evaluate.load` reads from a directory: not packages, so listed as data.
+        "peft_skip.metrics": ["base_new_accuracy/*.py"],
+        # The CLIP pretrained here on the captioned world (`peft_skip.pretrain.world_clip_path()`).
+        "peft_skip": ["assets/world-clip/*"],
+    },
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",

@@ -207,6 +207,10 @@ def load_dataset_spec(spec: str, split: str, data_root: str | os.PathLike | None
         return load_fashion_mnist(split, **kwargs)
     if spec == "digits":
         return load_digits(split, **kwargs)
+    if spec.startswith("world:"):
+        from .world_tasks import load_world_task  # world tasks are built from the builtin data sets: loaded lazily
+
+        return load_world_task(spec[len("world:") :], split, **kwargs)
     if spec.startswith("hf:"):
         return load_hf_dataset(spec[3:], split, **kwargs)
     if spec.startswith("imagefolder:"):

@@ -1,0 +1,44 @@
+"""Pretraining the world CLIP: a tiny run is deterministic and saves a directory the Auto classes load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoProcessor, CLIPModel
+
+from peft_skip.pretrain import PretrainConfig, pixel_values, pretrain, world_clip_path
+from peft_skip.data.world import World
+
+TINY = PretrainConfig(steps=3, batch_size=16, width=32, layers=2, heads=2, warmup_steps=1)
+
+
+def test_tiny_pretraining_is_deterministic_and_loads(tmp_path):
+    first, _ = pretrain(TINY, str(tmp_path / "a"), log=lambda line: None)
+    second, _ = pretrain(TINY, str(tmp_path / "b"), log=lambda line: None)
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    initial = CLIPModel(first.config)
+    assert not torch.equal(initial.text_projection.weight, first.text_projection.weight)
+
+    model = AutoModel.from_pretrained(tmp_path / "a")
+    processor = AutoProcessor.from_pretrained(tmp_path / "a")
+    assert isinstance(model, CLIPModel)
+    assert json.loads(Path(tmp_path / "a" / "pretrain_config.json").read_text())["steps"] == 3
+    images, captions = World(0).pretraining_batch(2, np.random.default_rng(0))
+    inputs = processor(text=captions, images=list(images), return_tensors="pt", padding=True)
+    # The processor prepares images exactly as pretraining did.
+    assert torch.allclose(inputs["pixel_values"], pixel_values(images), atol=1e-5)
+    decoded = processor.tokenizer.batch_decode(inputs["input_ids"], skip_special_tokens=True)
+    assert [" ".join(d.replace(" .", ".").replace(" ,", ",").split()) for d in decoded] == captions
+    with torch.no_grad():
+        assert model(**inputs).logits_per_image.shape == (2, 2)
+
+
+def test_shipped_world_clip_loads():
+    model = AutoModel.from_pretrained(world_clip_path())
+    processor = AutoProcessor.from_pretrained(world_clip_path())
+    assert model.config.vision_config.image_size == 32
+    assert processor.tokenizer("a photo of a red sneaker.")["input_ids"][0] == processor.tokenizer.bos_token_id
