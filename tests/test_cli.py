@@ -91,3 +91,17 @@ def test_bad_input_is_reported(tiny_model, tmp_path, capsys):
     assert "Unknown dataset 'no-such-data'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--model", tiny_model, "--data", "digits", "--out", str(tmp_path), "--cache-mode", "lazy"])
+
+
+def test_config_file_sets_options_and_flags_win(tiny_model, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {tiny_model}\ndata: digits\nepochs: 1\nshots: 3\nskip-layers: 2\ntest_limit: 10\n")
+    assert (
+        main(["train", "--config", str(config), "--shots", "2", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    )
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["training_arguments"]["num_train_epochs"] == 1 and metrics["training_arguments"]["shots"] == 2
+    assert metrics["skip_config"]["skip_layers"] == 2 and metrics["tuned"]["num_images"] == 10
+
+    config.write_text("model: m\ndata: digits\nepoch: 1\n")
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "bad")]) == 2

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoProcessor, CLIPModel
 
-from peft_skip.pretrain import PretrainConfig, pixel_values, pretrain, world_clip_path
 from peft_skip.data.world import World
+from peft_skip.pretrain import PretrainConfig, pixel_values, pretrain, world_clip_path
 
 TINY = PretrainConfig(steps=3, batch_size=16, width=32, layers=2, heads=2, warmup_steps=1)
 

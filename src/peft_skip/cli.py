@@ -153,18 +153,25 @@ def build_parser() -> argparse.ArgumentParser:
 def _parse(argv: Sequence[str] | None) -> tuple[str, list]:
     """The sub-command and its argument dataclasses, built from the flags over the `--config` file's values."""
     parser, parsers = _build()
-    namespace = parser.parse_args(argv)
-    if namespace.config:
-        with open(namespace.config, encoding="utf-8") as f:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if a in parsers), None)
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config")
+    config_file = config.parse_known_args(argv)[0].config
+    if command is not None and config_file:
+        with open(config_file, encoding="utf-8") as f:
             from_file = yaml.safe_load(f) or {}  # YAML reads JSON too
-        sub = parsers[namespace.command]
-        unknown = sorted(set(from_file) - {action.dest for action in sub._actions})
+        sub = parsers[command]
+        # A key is a field's name or any of its flags without the dashes (`epochs`, `num-train-epochs`).
+        dests = {o.lstrip("-").replace("-", "_"): a.dest for a in sub._actions for o in [a.dest, *a.option_strings]}
+        unknown = sorted(key for key in from_file if key.replace("-", "_") not in dests)
         if unknown:
-            raise ValueError(
-                f"{namespace.config} sets unknown options {unknown}; see `peft-skip {namespace.command} --help`."
-            )
+            raise ValueError(f"{config_file} sets unknown options {unknown}; see `peft-skip {command} --help`.")
+        from_file = {dests[key.replace("-", "_")]: value for key, value in from_file.items()}
         sub.set_defaults(**from_file)
-        namespace = parser.parse_args(argv)
+        for action in sub._actions:
+            action.required = action.required and action.dest not in from_file
+    namespace = parser.parse_args(argv)
     if namespace.command == "zero-shot" and namespace.adapter:
         raise ValueError("zero-shot evaluates the base model: drop --adapter, or use `peft-skip eval --adapter`.")
     command = "eval" if namespace.command == "zero-shot" else namespace.command

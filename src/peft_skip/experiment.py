@@ -105,7 +105,7 @@ def _train_and_evaluate(
 
     model = get_peft_model(model, config)
     prompts = tokenize_classes(model, processor.tokenizer, train_set.class_names, template)
-    transform = ImageTransform.from_processor(processor, train=True)
+    transform = ImageTransform.from_processor(processor, train=True, scale=(training.crop_min_area, 1.0))
     trainer = SkipTrainer(model, training, train_set, prompts, transform, accelerator=accelerator)
     if training.resume_from_checkpoint:
         trainer.check_resume()  # another run's checkpoint is refused before the zero-shot evaluation

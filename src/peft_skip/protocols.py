@@ -205,7 +205,7 @@ def _train(args: BenchmarkArguments, method: dict, dataset: str, seed: int, acce
     model = get_peft_model(AutoModel.from_pretrained(args.model).eval(), SkipConfig(**method))
     prompts = tokenize_classes(model, processor.tokenizer, train.class_names, recipe.train_template)
     training = cell_training_arguments(args, dataset, seed, os.path.join(directory, f"seed{seed}"))
-    transform = ImageTransform.from_processor(processor, train=True)
+    transform = ImageTransform.from_processor(processor, train=True, scale=(training.crop_min_area, 1.0))
     result = SkipTrainer(model, training, train, prompts, transform, accelerator=accelerator).train()
     return model, processor, base_new, result
 

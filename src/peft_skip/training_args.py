@@ -99,6 +99,11 @@ class SkipTrainingArguments:
         "views once and train epoch e on view e %% views.",
     )
     views: int = _arg(4, "Augmented views of cache_mode 'views'.")
+    crop_min_area: float = _arg(
+        0.08,
+        "Smallest area of the training augmentation's random resized crop, as a fraction of the image (the "
+        "reference's 0.08); 1 keeps whole images (flips only), for images whose size or position is what classifies.",
+    )
     cache_dtype: StorageDtype = _arg("float32", "Storage dtype of the image cache.")
     cache_dir: str | None = _arg(None, "Memory-map the image cache to this directory instead of keeping it in RAM.")
     offload_frozen: bool = _arg(
@@ -149,6 +154,8 @@ class SkipTrainingArguments:
                 raise ValueError(f"SkipTrainingArguments.{name}={getattr(self, name)!r} is invalid; expected >= 1.")
         if self.dataloader_num_workers < 0:
             raise ValueError(f"dataloader_num_workers={self.dataloader_num_workers} is invalid; expected >= 0.")
+        if not 0 < self.crop_min_area <= 1:
+            raise ValueError(f"crop_min_area={self.crop_min_area} is invalid; expected a fraction in (0, 1].")
         if self.save_total_limit < 1:
             raise ValueError(f"save_total_limit={self.save_total_limit} is invalid; keep at least 1 checkpoint.")
         if not 0 <= self.warmup_epochs < self.num_train_epochs:
