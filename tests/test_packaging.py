@@ -19,6 +19,8 @@ def test_builds_as_a_wheel_with_the_console_script(tmp_path):
     (wheel,) = tmp_path.glob("peft_skip-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {"peft_skip/__init__.py", "peft_skip/model.py", "peft_skip/layer.py"} <= set(names)
+    # The pretrained world CLIP ships as package data.
+    assert {"peft_skip/assets/world-clip/config.json", "peft_skip/assets/world-clip/model.safetensors"} <= set(names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "peft-skip = peft_skip.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
