@@ -22,6 +22,8 @@ def test_builds_as_a_wheel_with_the_console_script(tmp_path):
     # The metric module is package data (evaluate.load reads it from its directory).
     assert "peft_skip/metrics/base_new_accuracy/base_new_accuracy.py" in names
     assert "peft_skip/data/__init__.py" in names
+    # The pretrained world CLIP ships as package data.
+    assert {"peft_skip/assets/world-clip/config.json", "peft_skip/assets/world-clip/model.safetensors"} <= set(names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "peft-skip = peft_skip.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

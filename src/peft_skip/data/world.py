@@ -1,14 +1,14 @@
 """A captioned image world, generated offline: coloured objects on patterned backgrounds, with their captions.
 
-The world has 20 objects (10 Fashion-MNIST items, 10 drawn shapes), 10 colours, 3 sizes, 5
-positions, 8 background kinds and 2 styles. A scene picks one value of each; `World.render` draws scenes as 32x32 RGB
+The world has 20 objects (10 Fashion-MNIST items, 10 drawn shapes), 10 colours, 3 sizes, 5 positions, 8 background
+kinds and 2 styles. A scene picks one value of each; `World.render` draws scenes as 32x32 RGB
 images (vectorised, in torch) and `World.captions` describes them in words through varied templates, so that a text
 tower has to learn words rather than class ids. Everything is a function of the world's seed and of the numpy
 generator passed in.
 
-Pretraining sees only part of the world: a fifth of the (colour, object) combinations, three background kinds and the
-outline style are held out, and the item instances (Fashion-MNIST and digit images) of pretraining and of the
-downstream tasks (`world_tasks.py`) are disjoint.
+Pretraining sees only part of the world: a fifth of the (colour, object) combinations, three background kinds, the
+outline style and every position but the middle are held out, and the Fashion-MNIST item instances of pretraining and
+of the downstream tasks (`world_tasks.py`) are disjoint.
 """
 
 from __future__ import annotations

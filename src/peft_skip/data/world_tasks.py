@@ -32,6 +32,8 @@ class WorldTask:
         scene (`dict`): Attributes shared by every class (`World.sample`'s `fixed`); the rest are drawn at random.
         seen_only (`bool`): Draw only (colour, object) combinations that pretraining saw (where the class does not fix
             both).
+        light (`tuple`, *optional*): RGB gains of a coloured light over the whole image (a shift pretraining never
+            saw); `None` leaves the images as rendered.
         per_class (`dict`): Images per class of each split.
     """
 
@@ -40,6 +42,7 @@ class WorldTask:
     names: tuple
     scene: dict = field(default_factory=dict)
     seen_only: bool = True
+    light: tuple | None = None
     per_class: dict = field(default_factory=lambda: {"train": 32, "test": 50})
 
 
@@ -55,6 +58,23 @@ def _combos(world: World, count: int) -> WorldTask:
         classes=tuple({"colour": COLOUR_NAMES[c], "object": OBJECTS[o]} for c, o in chosen),
         names=tuple(f"{COLOUR_NAMES[c]} {OBJECTS[o]}" for c, o in chosen),
         seen_only=False,
+    )
+
+
+def _lighting(world: World) -> WorldTask:
+    """Two shapes of each colour (the first shapes whose combination with it pretraining saw) under a warm light."""
+    from .world import COLOUR_NAMES, OBJECTS
+
+    classes = []
+    for c, colour in enumerate(COLOUR_NAMES):
+        seen = [shape for shape in SHAPES if not world.held_out[OBJECTS.index(shape), c]]
+        classes += [{"colour": colour, "object": shape} for shape in seen[:2]]
+    return WorldTask(
+        shift="a warm coloured light over the whole image, never seen in pretraining",
+        classes=tuple(classes),
+        names=tuple(f"{fixed['colour']} {fixed['object']}" for fixed in classes),
+        scene={"size": ["medium", "large"]},
+        light=(1.0, 0.78, 0.45),
     )
 
 
@@ -78,6 +98,7 @@ def world_tasks(world: World) -> dict[str, WorldTask]:
             names=tuple(items),
             scene={"style": "outlined", "size": ["medium", "large"]},
         ),
+        "lighting": _lighting(world),
         "sizes": WorldTask(
             shift="size-shape classes: names composed of known words, small and large of the same shape",
             classes=tuple({"object": o, "size": s} for o in SHAPES for s in ("small", "large")),
@@ -100,7 +121,10 @@ def _render_task(name: str, split: str, seed: int) -> tuple[np.ndarray, np.ndarr
     for label, fixed in enumerate(task.classes):
         num = task.per_class[split]
         scenes = world.sample(num, rng, split, seen_only=task.seen_only, **{**task.scene, **fixed})
-        images.append(world.render(scenes, rng))
+        rendered = world.render(scenes, rng)
+        if task.light is not None:
+            rendered = np.round(rendered * np.asarray(task.light, dtype=np.float32)).astype(np.uint8)
+        images.append(rendered)
         labels += [label] * num
     return np.concatenate(images), np.array(labels)
 
@@ -109,7 +133,7 @@ def load_world_task(name: str, split: str = "train", seed: int = 0) -> ImageData
     """A downstream task of the world (`WORLD_TASK_NAMES`) as an `ImageDataset` of 32x32 RGB images.
 
     Args:
-        name (`str`): `combos`, `backgrounds`, `outlines` or `sizes`.
+        name (`str`): `combos`, `backgrounds`, `outlines`, `lighting` or `sizes`.
         split (`str`): `train` or `test`.
         seed (`int`): Seed of the world; the shipped world CLIP was pretrained on world 0.
     """
@@ -123,4 +147,4 @@ def load_world_task(name: str, split: str = "train", seed: int = 0) -> ImageData
     return ImageDataset(list(names), list(range(len(labels))), labels.tolist(), source)
 
 
-WORLD_TASK_NAMES = ("combos", "backgrounds", "outlines", "sizes")
+WORLD_TASK_NAMES = ("combos", "backgrounds", "outlines", "lighting", "sizes")
