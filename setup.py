@@ -20,6 +20,7 @@ setup(
         "transformers>=5.0,<6",
         "peft>=0.21,<0.22",
         "accelerate>=1.0",
+        # The adapter file format: peft writes it, `adapter_files.py` checks it before loading.
         "safetensors>=0.4",
         # `peft_skip.metrics`: metric modules that `evaluate.load` reads from the installed package, offline.
         "evaluate>=0.4",
