@@ -31,7 +31,7 @@ class WorldRun:
     lr 1e-5 barely moves it, SGD above 3e-3 or AdamW above 3e-4 wrecks it in the first epoch, and single-class
     batches of 4 learn slower than random batches of 8."""
 
-    task: str = field(metadata={"help": "World task (peft_skip.world_tasks.WORLD_TASK_NAMES)."})
+    task: str = field(metadata={"help": "World task (peft_skip.data.world_tasks.WORLD_TASK_NAMES)."})
     shots: int = field(default=16, metadata={"help": "Training images per class."})
     skip_layers: int = field(default=3, metadata={"help": "ω: frozen shallow layers of each tower (of 6)."})
     class_ratio: float = field(default=0.5, metadata={"help": "CSkip: fraction of the classes always kept."})
