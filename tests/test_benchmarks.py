@@ -108,3 +108,20 @@ def test_cache_build_smoke(tmp_path):
     assert set(rows) == {"pure forward", "build, 0 workers", "build, 2 workers"}
     assert rows["pure forward"]["vs_pure_forward"] == 1 and all(r["images_per_second"] > 0 for r in rows.values())
     assert "bit-identical" in (tmp_path / "results.md").read_text()
+
+
+def test_seeds_table_gives_mean_and_std_over_runs(tmp_path):
+    import seeds_table
+
+    runs = []
+    for seed, (accuracy, seconds) in enumerate([(0.70, 2.0), (0.80, 4.0)]):
+        run = tmp_path / f"seed-{seed}"
+        run.mkdir()
+        result = {"method": "skip", "accuracy": accuracy, "epoch_seconds": seconds, "peak_memory_mb": 100.0}
+        (run / "results.json").write_text(json.dumps({"command": "compare.py", "results": [result]}))
+        runs.append(str(run))
+    seeds_table.main([*runs, "--zero-shot", "0.5", "--out", str(tmp_path / "out")])
+    table = (tmp_path / "out" / "seeds.md").read_text()
+    assert "| zero-shot | 50.0 | - | - |" in table
+    assert "| skip | 75.0 ± 7.1 | 3.0 ± 1.4 | 100.0 ± 0.0 |" in table
+    assert (tmp_path / "out" / "seeds.png").stat().st_size > 0
