@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 import typing
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ from .data import (
     FASHION_MNIST_CLASSES,
     load_dataset_spec,
 )
-from .experiment import evaluate_saved, train_and_evaluate
+from .experiment import evaluate_saved, is_main_process, train_and_evaluate
 from .offline import OfflineModelArguments, make_offline_model
 from .protocols import BenchmarkArguments, run_benchmark
 from .recipes import RecipeArguments, reference_recipe
@@ -55,7 +54,7 @@ def train_command(model_args: ModelArguments, data: DataArguments, method, train
     try:
         train_and_evaluate(model_args, data, SkipConfig(**dataclasses.asdict(method)), training)
     except NonFiniteLossError as error:
-        if _main_process():
+        if is_main_process():
             print(f"error: {error}")
         return 1
     return 0
@@ -182,13 +181,9 @@ def _parse(argv: Sequence[str] | None) -> tuple[str, list]:
     return command, instances
 
 
-def _main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="%(message)s")
-    logger.setLevel(logging.INFO if _main_process() else logging.WARNING)
+    logger.setLevel(logging.INFO if is_main_process() else logging.WARNING)
     command = next(iter(argv if argv is not None else sys.argv[1:]), "")
     try:
         command, arguments = _parse(argv)

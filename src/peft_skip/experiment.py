@@ -25,6 +25,11 @@ from .trainer import SkipTrainer, make_accelerator
 from .training_args import SkipTrainingArguments
 
 
+def is_main_process() -> bool:
+    """Whether this is the main process of a launch (rank 0), read before Accelerate's state is created."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def load_model(model_args: ModelArguments, say=print):
     """The model (in eval mode) and processor of `model_args.model`; says so when its weights are random."""
     model = transformers.AutoModel.from_pretrained(model_args.model).eval()
@@ -66,7 +71,7 @@ def train_and_evaluate(
     """
     check_launch()
     # An unusable or busy output_dir fails here, before the zero-shot evaluation and the first epoch.
-    with claim_output_dir(training.output_dir, main_process=int(os.environ.get("RANK", "0")) == 0):
+    with claim_output_dir(training.output_dir, main_process=is_main_process()):
         return _train_and_evaluate(model_args, data, config, training)
 
 
