@@ -1,7 +1,9 @@
 """Skip Tuning against full fine-tuning, LoRA and CoOp: time, memory, checkpoint size and accuracy.
 
-Every method trains the same model on the same batches of the same few-shot data with SGD (momentum 0.9), each in
-its own process so that its peak memory is its own. Writes `results.json`, `results.md` and `figure.png` to `--out`.
+Every method trains the same model on the same batches of the same few-shot data with SGD (momentum 0.9; one
+learning rate for all or one per method), each in its own process so that its peak memory is its own, and is scored
+next to the untrained model (zero-shot): few-shot over all classes, or with `--base-to-new` on the base and the new
+classes (`workload.py`). Writes `results.json`, `results.md` and `figure.png` to `--out`.
 
 Models are built from the ViT-B/32 or ViT-B/16 CLIP shapes with random weights (or loaded from a name / directory),
 images are Fashion-MNIST; accuracies of random-weight models measure nothing but the plumbing. With the world CLIP
@@ -19,7 +21,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -33,11 +34,13 @@ sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "src")]
 
 from cost import cache_flops, step_flops, tower_shapes  # noqa: E402
 from drift import loss_drift, precision_table, update_drift  # noqa: E402
-from methods import METHODS, SKIP_VARIANTS  # noqa: E402
+from methods import METHODS, SKIP_VARIANTS, Method, evaluate, headline  # noqa: E402
+from workload import build_workload, save_workload, training_images  # noqa: E402
 
 OFFLINE_ARCHS = ("vit-b-32", "vit-b-16", "tiny")
 LABELS = {
     "label": "method",
+    "lr": "lr",
     "epoch_seconds": "epoch (s)",
     "cache_seconds": "cache (s)",
     "images_per_second": "images/s",
@@ -45,8 +48,19 @@ LABELS = {
     "trainable_params": "trainable params",
     "checkpoint_bytes": "checkpoint (MB)",
     "kept_classes": "classes/step",
-    "accuracy": "accuracy",
 }
+ACCURACY_LABELS = {"all": "accuracy", "base": "base", "new": "new", "hm": "HM"}
+
+
+def learning_rates(text: str) -> dict[str, float]:
+    """`1e-3` or `1e-3,ft=1e-4,coop=2e-3`: the default learning rate and per-method ones."""
+    rates = {}
+    for part in text.split(","):
+        method, _, value = part.rpartition("=")
+        rates[method.strip() or "default"] = float(value)
+    if "default" not in rates:
+        raise argparse.ArgumentTypeError(f"{text!r} has no default learning rate: start it with one, e.g. 1e-3,{text}")
+    return rates
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,10 +102,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--max-classes", type=int, default=50, help="CSkip: upper bound on the classes always kept.")
     parser.add_argument("--class-decay", type=float, default=0.3, help="CSkip: λ of the rank keep probability.")
-    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument(
+        "--lr",
+        type=learning_rates,
+        default="1e-5",
+        help="SGD learning rate of every method, then per-method ones: 1e-3 or 1e-3,ft=1e-4,coop=2e-3.",
+    )
     parser.add_argument("--cache-dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     parser.add_argument(
-        "--test-images", type=int, default=100, help="Fashion-MNIST test images for accuracy (0: none)."
+        "--test-images", type=int, default=100, help="Images per evaluation set at most (0: no accuracy)."
+    )
+    parser.add_argument(
+        "--base-to-new",
+        action="store_true",
+        help="CoOp's base-to-new protocol: train on the first half of the classes, score base and new (and HM).",
+    )
+    parser.add_argument(
+        "--eval-on",
+        default="test",
+        choices=("test", "held-out"),
+        help="Score the test split, or the training images not drawn as shots (to choose learning rates).",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
@@ -120,7 +150,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default="benchmark-results", help="Output directory.")
     args = parser.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in args.methods if m not in METHODS]
+    unknown = [m for m in [*args.methods, *args.lr] if m not in (*METHODS, "default")]
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {','.join(METHODS)}.")
     for name in ("classes", "shots", "epochs", "batch_size"):
@@ -133,93 +163,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def training_set(num_classes: int, shots: int, seed: int, data: str = "fashion-mnist"):
-    """`shots` images per class of `data`. For Fashion-MNIST, classes beyond the 10 real ones get synthesised names
-    and reuse the images of real class `c % 10`. Returns the set and whether classes were synthesised."""
-    from peft_skip.data import ImageDataset, load_dataset_spec, load_fashion_mnist, sample_few_shot, subset_classes
-
-    if data != "fashion-mnist":
-        return sample_few_shot(load_dataset_spec(data, "train"), shots, seed), False
-
-    train = load_fashion_mnist("train")
-    real = len(train.class_names)
-    if num_classes <= real:
-        return sample_few_shot(subset_classes(train, range(num_classes)), shots, seed), False
-    by_class = [[i for i, label in enumerate(train.labels) if label == c] for c in range(real)]
-    rng = random.Random(seed)
-    names, items, labels = [], [], []
-    for c in range(num_classes):
-        base = train.class_names[c % real]
-        names.append(base if c < real else f"{base} {c // real}")
-        for index in rng.sample(by_class[c % real], shots):
-            items.append(train.items[index])
-            labels.append(c)
-    return ImageDataset(names, items, labels, train.source), True
-
-
 def prepare(args: argparse.Namespace, work_dir: str) -> dict:
-    """Writes the model (for offline shapes) and the workload every method process reads; returns their facts."""
-    from transformers import AutoProcessor, CLIPConfig
+    """Writes the model (for offline shapes) and the workload every method process reads, scores the untrained
+    model (zero-shot); returns their facts."""
+    from transformers import AutoProcessor, CLIPConfig, CLIPModel
 
-    from peft_skip.batches import class_batches
-    from peft_skip.data import ImageTransform, build_prompts, load_dataset_spec
     from peft_skip.offline import RANDOM_WEIGHTS, make_offline_model
 
-    train, synthetic = training_set(args.classes, args.shots, args.seed, args.data)
     model_dir = args.arch
+    processor = None if args.arch in OFFLINE_ARCHS else AutoProcessor.from_pretrained(model_dir)
     if args.arch in OFFLINE_ARCHS:
-        model_dir = make_offline_model(os.path.join(work_dir, "model"), args.arch, train.class_names, seed=args.seed)
-    processor = AutoProcessor.from_pretrained(model_dir)
-    transform = ImageTransform.from_processor(processor, train=False)
-
-    def tokenize(template: str) -> dict[str, torch.Tensor]:
-        tokens = processor.tokenizer(build_prompts(train.class_names, template), padding=True, return_tensors="pt")
-        return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
-
-    labels = torch.tensor(train.labels)
-    per_class = int(torch.bincount(labels).min()) >= 4  # the reference's single-class batches from 4 shots on
-    epochs = []
-    for epoch in range(args.epochs):
-        batches = class_batches(labels, args.batch_size, per_class, torch.Generator().manual_seed(args.seed + epoch))
-        full_steps = len(batches)
-        epochs.append(batches[: args.steps_per_epoch])
-    used = sorted({int(i) for batches in epochs for batch in batches for i in batch})
-    position = {index: p for p, index in enumerate(used)}
-
-    test = load_dataset_spec(args.data, "test")
-    candidates = [i for i, label in enumerate(test.labels) if label < len(train.class_names)]
-    chosen = sorted(random.Random(args.seed).sample(candidates, min(args.test_images, len(candidates))))
-
-    def pixels(dataset, indices) -> torch.Tensor:
-        return torch.stack([transform(dataset.image(i)) for i in indices]) if indices else torch.zeros(0, 3, 1, 1)
-
-    workload = {
-        "prompts": tokenize("a photo of a {}."),
-        "name_prompts": tokenize("{}."),
-        "train_pixels": pixels(train, used),
-        "train_labels": labels[used],
-        "batches": [[torch.tensor([position[int(i)] for i in batch]) for batch in batches] for batches in epochs],
-        "full_steps_per_epoch": full_steps,
-        "num_train_images": len(train),
-        "batch_size": args.batch_size,
-        "test_pixels": pixels(test, chosen),
-        "test_labels": torch.tensor([test.labels[i] for i in chosen], dtype=torch.long),
-    }
-    path = os.path.join(work_dir, "workload.pt")
-    torch.save(workload, path)
+        _, shots, _ = training_images(args.data, args.classes, args.shots, args.seed)
+        model_dir = make_offline_model(os.path.join(work_dir, "model"), args.arch, shots.class_names, seed=args.seed)
+        processor = AutoProcessor.from_pretrained(model_dir)
+    workload, facts = build_workload(
+        args.data,
+        args.classes,
+        args.shots,
+        args.seed,
+        processor,
+        args.epochs,
+        args.batch_size,
+        args.steps_per_epoch,
+        base_to_new=args.base_to_new,
+        eval_on=args.eval_on,
+        eval_images=args.test_images,
+    )
+    config = CLIPConfig.from_pretrained(model_dir)
+    zero_shot = Method(CLIPModel.from_pretrained(model_dir).requires_grad_(False), workload, {})
     return {
+        **facts,
         "model": model_dir,
-        "workload": path,
-        "config": CLIPConfig.from_pretrained(model_dir),
-        "text_tokens": workload["prompts"]["input_ids"].shape[1],
-        "synthetic_classes": synthetic,
-        "random_weights": bool(getattr(CLIPConfig.from_pretrained(model_dir), RANDOM_WEIGHTS, False)),
-        "data": args.data,
-        "classes": len(train.class_names),
-        "train_images": len(train),
-        "timed_images": len(used),
-        "test_images": len(chosen),
-        "full_steps_per_epoch": full_steps,
+        "workload": save_workload(workload, work_dir),
+        "config": config,
+        "random_weights": bool(getattr(config, RANDOM_WEIGHTS, False)),
+        "zero_shot": evaluate(zero_shot, workload["eval_sets"]),
     }
 
 
@@ -246,7 +224,7 @@ def run_method(
         "threads": args.threads,
         "clock": args.clock,
         "seed": args.seed,
-        "lr": args.lr,
+        "lr": args.lr.get(method, args.lr["default"]),
         "skip_layers": args.skip_layers,
         "class_ratio": args.class_ratio,
         "max_classes": args.max_classes,
@@ -319,8 +297,10 @@ def _format(key: str, value) -> str:
         return "n/a"
     if key == "checkpoint_bytes":
         return f"{value / 2**20:.1f}"
-    if key == "accuracy":
+    if key in ACCURACY_LABELS:
         return f"{100 * value:.1f}%"
+    if key == "lr":
+        return f"{value:g}"
     if key == "trainable_params":
         return f"{value / 1e6:.2f}M"
     if isinstance(value, float):
@@ -331,12 +311,17 @@ def _format(key: str, value) -> str:
 def markdown(results: list[dict], facts: dict, command: str, pairs: list[tuple[dict, dict]]) -> str:
     """The results as markdown: the measurements, the ratios to `ft`, the achieved FLOP/s and half precision."""
     lines = [f"`{command}`", ""]
-    lines.append("| " + " | ".join(LABELS.values()) + " |")
-    lines.append("|" + "---|" * len(LABELS))
+    scores = list(facts["zero_shot"])
+    lines.append("| " + " | ".join([*LABELS.values(), *(ACCURACY_LABELS[k] for k in scores)]) + " |")
+    lines.append("|" + "---|" * (len(LABELS) + len(scores)))
+    untrained = ["zero-shot", *(["-"] * (len(LABELS) - 1))]
+    lines.append("| " + " | ".join(untrained + [_format(k, facts["zero_shot"][k]) for k in scores]) + " |")
     half = [h for _, h in pairs]
     for result in results:
         if all(result is not h for h in half):
-            lines.append("| " + " | ".join(_format(key, result.get(key)) for key in LABELS) + " |")
+            cells = [_format(key, result.get(key)) for key in LABELS]
+            cells += [_format(key, result["accuracies"].get(key)) for key in scores]
+            lines.append("| " + " | ".join(cells) + " |")
     ft = next((r for r in results if r["label"] == "ft"), None)
     if ft is not None:
         lines += [
@@ -375,8 +360,10 @@ def markdown(results: list[dict], facts: dict, command: str, pairs: list[tuple[d
         " = median step time x steps per "
         "epoch over the epochs after the first; the caches are built for the timed images and their time scaled to "
         "the whole training set",
-        f"text prompts padded to {facts['text_tokens']} tokens; accuracy on {facts['test_images']} {facts['data']} "
-        "test images, over all classes" + (", of a random-weight model" if facts["random_weights"] else ""),
+        f"text prompts padded to {facts['text_tokens']} tokens; {facts['protocol']}: accuracy on "
+        + ", ".join(f"{n}" if name == "all" else f"{n} {name}" for name, n in facts["eval_images"].items())
+        + f" {facts['data']} {'test' if facts['eval_on'] == 'test' else 'held-out training'} images, each among "
+        "its own classes" + (", of a random-weight model" if facts["random_weights"] else ""),
     ]
     if facts["synthetic_classes"]:
         notes.append("classes beyond Fashion-MNIST's 10 have synthesised names and reuse its images")
@@ -399,7 +386,7 @@ def figure(results: list[dict], path: str, title: str, random_weights: bool = Tr
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
     for ax, (key, label, scale, fmt) in zip(axes, panels, strict=True):
-        values = [(r[key] or 0.0) * scale for r in results]
+        values = [((headline(r["accuracies"]) if key == "accuracy" else r[key]) or 0.0) * scale for r in results]
         bars = ax.bar(names, values, color=colors)
         ax.bar_label(bars, fmt=fmt, fontsize=8)
         ax.set_ylim(0, max([*values, 1.0]) * 1.15)

@@ -19,17 +19,24 @@ class PromptLearner(nn.Module):
         input_ids (`torch.Tensor`): Tokenised `"{class name}."` prompts with start and end tokens, shape `(C, L)`.
         attention_mask (`torch.Tensor`): Their padding mask, shape `(C, L)`.
         n_ctx (`int`): Number of context vectors (CoOp: 16).
+        ctx (`nn.Parameter`, *optional*): Context vectors to share, shape `(n_ctx, D)` (default: new ones).
     """
 
     def __init__(
-        self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_ctx: int = 16
+        self,
+        model: nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        n_ctx: int = 16,
+        ctx: nn.Parameter | None = None,
     ) -> None:
         super().__init__()
         self.text = get_towers(model).text
         self.embeddings = model.text_model.embeddings
         num_classes = input_ids.shape[0]
         self.n_ctx = n_ctx
-        self.ctx = nn.Parameter(torch.randn(n_ctx, self.embeddings.token_embedding.embedding_dim) * 0.02)
+        width = self.embeddings.token_embedding.embedding_dim
+        self.ctx = nn.Parameter(torch.randn(n_ctx, width) * 0.02) if ctx is None else ctx
         # The start token fills the context slots of the ids: EOS pooling must not find an end token there.
         filler = input_ids[:, :1].expand(num_classes, n_ctx)
         self.register_buffer("input_ids", torch.cat([input_ids[:, :1], filler, input_ids[:, 1:]], dim=1))

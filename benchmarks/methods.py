@@ -76,9 +76,18 @@ class Method:
         self.model = model
         self.workload = workload
         self.spec = spec
-        self.input_ids = workload["prompts"]["input_ids"]
-        self.attention_mask = workload["prompts"]["attention_mask"]
         self.kept_classes: list[int] = []
+        self.use_classes(workload["prompts"], workload["name_prompts"])
+
+    def use_classes(self, prompts: dict[str, torch.Tensor], name_prompts: dict[str, torch.Tensor]) -> None:
+        """Scores these classes from now on (the trained ones, or the new ones of base-to-new).
+
+        Args:
+            prompts (`dict`): `input_ids` and `attention_mask` of the prompts "a photo of a {}.", shape `(C, L)`.
+            name_prompts (`dict`): The same of the bare class names "{}." (CoOp's), shape `(C, L')`.
+        """
+        self.input_ids = prompts["input_ids"]
+        self.attention_mask = prompts["attention_mask"]
 
     @property
     def base(self) -> nn.Module:
@@ -184,12 +193,17 @@ class CoOp(Method):
     """16 context vectors shared by all classes; the frozen text encoder runs for every class every step."""
 
     def __init__(self, model, workload, spec):
+        self.prompt_learner = None
+        super().__init__(model, workload, spec)
+        self.initial_ctx = self.prompt_learner.ctx.detach().clone()
+
+    def use_classes(self, prompts, name_prompts):
         from coop import PromptLearner
 
-        super().__init__(model, workload, spec)
-        names = workload["name_prompts"]
-        self.prompt_learner = PromptLearner(model, names["input_ids"], names["attention_mask"], n_ctx=16)
-        self.initial_ctx = self.prompt_learner.ctx.detach().clone()
+        # The learned context goes in front of whichever class names are scored.
+        ctx = None if self.prompt_learner is None else self.prompt_learner.ctx
+        ids, mask = name_prompts["input_ids"], name_prompts["attention_mask"]
+        self.prompt_learner = PromptLearner(self.model, ids, mask, n_ctx=16, ctx=ctx)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [self.prompt_learner.ctx]
@@ -323,7 +337,14 @@ def make_method(model: nn.Module, workload: dict, spec: dict) -> Method:
 
 @torch.no_grad()
 def accuracy(method: Method, pixels: torch.Tensor, labels: torch.Tensor, batch_size: int = 32) -> float | None:
-    """Top-1 accuracy of the full model (all layers, all classes, no cache) on the test split."""
+    """Top-1 accuracy of the full model (all layers, no cache) among the classes the method scores.
+
+    Args:
+        method (`Method`): The trained (or untouched) method.
+        pixels (`torch.Tensor`): Images, shape `(N, 3, S, S)`.
+        labels (`torch.Tensor`): Their classes, shape `(N,)`.
+        batch_size (`int`): Images per forward.
+    """
     if len(labels) == 0:
         return None
     method.model.eval()
@@ -335,6 +356,41 @@ def accuracy(method: Method, pixels: torch.Tensor, labels: torch.Tensor, batch_s
     return correct / len(labels)
 
 
+def evaluate(method: Method, eval_sets: dict[str, dict]) -> dict[str, float | None]:
+    """Accuracy on every evaluation set among its own classes (`all`, or `base` and `new`), and for base-to-new
+    their harmonic mean `hm`."""
+    from peft_skip.evaluation import harmonic_mean
+
+    accuracies = {}
+    for name, images in eval_sets.items():
+        method.use_classes(images["prompts"], images["name_prompts"])
+        accuracies[name] = accuracy(method, images["pixels"], images["labels"])
+    if accuracies.keys() == {"base", "new"} and None not in accuracies.values():
+        accuracies["hm"] = harmonic_mean(accuracies["base"], accuracies["new"])
+    return accuracies
+
+
+def headline(accuracies: dict[str, float | None]) -> float | None:
+    """The one accuracy of a run: over all classes, or the harmonic mean of base and new."""
+    return accuracies.get("hm", accuracies.get("all"))
+
+
+def load_workload(path: str, device: torch.device) -> dict:
+    """`workload.pt` with every tensor on `device`."""
+
+    def to(value):
+        if isinstance(value, torch.Tensor):
+            return value.to(device)
+        if isinstance(value, dict):
+            return {k: to(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [to(v) for v in value]
+        return value
+
+    workload = torch.load(path, weights_only=False)
+    return {k: v if k == "batches" else to(v) for k, v in workload.items()}
+
+
 def run(spec: dict) -> dict:
     """Trains `spec["method"]` on the workload for the timed steps and measures it."""
     from transformers import CLIPModel
@@ -344,13 +400,9 @@ def run(spec: dict) -> dict:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     baseline_mb = peak_memory_mb(torch.device("cpu"))
-    workload = torch.load(spec["workload"], weights_only=False)
+    workload = load_workload(spec["workload"], device)
     model = CLIPModel.from_pretrained(spec["model"]).to(device).requires_grad_(False)
     full_model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    for key in ("train_pixels", "train_labels", "test_pixels", "test_labels"):
-        workload[key] = workload[key].to(device)
-    for key in ("prompts", "name_prompts"):
-        workload[key] = {k: v.to(device) for k, v in workload[key].items()}
     method = make_method(model, workload, spec)
     method.model.train()
     trainable = method.trainable_parameters()
@@ -401,6 +453,7 @@ def run(spec: dict) -> dict:
 
         save_file(method.updates(), spec["updates_file"])
     cached_images = len(workload["train_pixels"])
+    accuracies = evaluate(method, workload["eval_sets"])
     return {
         "method": spec["method"],
         "mixed_precision": precision,
@@ -427,7 +480,9 @@ def run(spec: dict) -> dict:
         "losses": losses,
         "final_loss": losses[-1],
         "losses_finite": all(math.isfinite(x) for x in losses),
-        "accuracy": accuracy(method, workload["test_pixels"], workload["test_labels"]),
+        "lr": spec["lr"],
+        "accuracies": accuracies,
+        "accuracy": headline(accuracies),
     }
 
 

@@ -13,6 +13,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import cache_build  # noqa: E402
 import compare  # noqa: E402
+import seeds_table  # noqa: E402
+import sweep  # noqa: E402
 import torch  # noqa: E402
 from cost import layer_flops, step_flops, tower_shapes  # noqa: E402
 from drift import loss_drift, update_drift  # noqa: E402
@@ -73,6 +75,7 @@ def test_compare_smoke(tmp_path):
     compare.main([*argv.split(), "--test-images", "6", "--out", str(out), *extra])
     report = json.loads((out / "results.json").read_text())
     assert report["facts"]["synthetic_classes"] is True
+    assert 0 <= report["facts"]["zero_shot"]["all"] <= 1
     results = {r["label"]: r for r in report["results"]}
     assert set(results) == {"ft", "skip", "skip (frozen kept)", "ft bf16", "skip bf16"}
     for label in ("ft bf16", "skip bf16"):
@@ -110,18 +113,85 @@ def test_cache_build_smoke(tmp_path):
     assert "bit-identical" in (tmp_path / "results.md").read_text()
 
 
-def test_seeds_table_gives_mean_and_std_over_runs(tmp_path):
-    import seeds_table
+def test_learning_rates_take_a_default_and_per_method_values(capsys):
+    assert compare.learning_rates("1e-3") == {"default": 1e-3}
+    assert compare.learning_rates("1e-3,ft=1e-4, coop=2e-3") == {"default": 1e-3, "ft": 1e-4, "coop": 2e-3}
+    args = compare.parse_args(["--lr", "1e-3,ft=1e-5"])
+    assert args.lr == {"default": 1e-3, "ft": 1e-5}
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--lr", "ft=1e-5"])
+    assert "no default learning rate" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--lr", "1e-3,fft=1e-5"])
+    assert "unknown methods ['fft']" in capsys.readouterr().err
 
-    runs = []
-    for seed, (accuracy, seconds) in enumerate([(0.70, 2.0), (0.80, 4.0)]):
-        run = tmp_path / f"seed-{seed}"
-        run.mkdir()
-        result = {"method": "skip", "accuracy": accuracy, "epoch_seconds": seconds, "peak_memory_mb": 100.0}
-        (run / "results.json").write_text(json.dumps({"command": "compare.py", "results": [result]}))
-        runs.append(str(run))
-    seeds_table.main([*runs, "--zero-shot", "0.5", "--out", str(tmp_path / "out")])
+
+def test_compare_base_to_new_trains_on_base_and_scores_both(tmp_path):
+    """CoOp's learned context and Skip Tuning's deltas are scored on classes they never trained on; every method
+    has its own learning rate."""
+    out = tmp_path / "out"
+    argv = "--arch tiny --classes 10 --shots 4 --epochs 1 --steps-per-epoch 1 --methods coop,skip --skip-layers 2"
+    compare.main([*argv.split(), "--base-to-new", "--lr", "1e-3,coop=2e-3", "--test-images", "8", "--out", str(out)])
+    report = json.loads((out / "results.json").read_text())
+    facts = report["facts"]
+    assert facts["protocol"] == "base-to-new" and facts["classes"] == 5 and facts["train_images"] == 20
+    assert facts["eval_images"] == {"base": 8, "new": 8}
+    for scores in [facts["zero_shot"], *(r["accuracies"] for r in report["results"])]:
+        assert set(scores) == {"base", "new", "hm"}
+        if scores["base"] + scores["new"] > 0:
+            assert scores["hm"] == pytest.approx(2 * scores["base"] * scores["new"] / (scores["base"] + scores["new"]))
+    results = {r["method"]: r for r in report["results"]}
+    assert results["coop"]["lr"] == 2e-3 and results["skip"]["lr"] == 1e-3
+    assert all(r["accuracy"] == r["accuracies"]["hm"] for r in results.values())
+    assert "| base | new | HM |" in (out / "results.md").read_text()
+
+
+def test_held_out_evaluation_never_scores_a_training_image(tmp_path):
+    from transformers import AutoProcessor
+    from workload import build_workload, training_images
+
+    from peft_skip.offline import make_offline_model
+
+    _, shots, _ = training_images("fashion-mnist", 3, 4, seed=0)
+    processor = AutoProcessor.from_pretrained(make_offline_model(str(tmp_path), "tiny", shots.class_names, seed=0))
+    kwargs = dict(processor=processor, epochs=1, batch_size=4, eval_images=30)
+    train, facts = build_workload("fashion-mnist", 3, 4, 0, eval_on="held-out", **kwargs)
+    test, _ = build_workload("fashion-mnist", 3, 4, 0, **kwargs)
+    held_out = train["eval_sets"]["all"]["pixels"]
+    assert facts["eval_on"] == "held-out" and len(held_out) == 30
+    assert not any(torch.equal(image, shot) for image in held_out for shot in train["train_pixels"])
+    assert not torch.equal(held_out, test["eval_sets"]["all"]["pixels"])
+    with pytest.raises(ValueError, match="needs real classes"):
+        build_workload("fashion-mnist", 12, 4, 0, eval_on="held-out", **kwargs)
+
+
+def _write_run(path, seed: int, accuracy: float, seconds: float, zero_shot: float) -> str:
+    result = {
+        "method": "skip",
+        "accuracies": {"all": accuracy},
+        "lr": 1e-3,
+        "epoch_seconds": seconds,
+        "peak_memory_mb": 100.0,
+    }
+    facts = {"zero_shot": {"all": zero_shot}, "data": "world:combos", "protocol": "few-shot"}
+    run = path / f"seed-{seed}"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({"command": "compare.py", "facts": facts, "results": [result]}))
+    return str(run)
+
+
+def test_seeds_table_gives_mean_and_std_over_runs(tmp_path):
+    runs = [_write_run(tmp_path, 0, 0.70, 2.0, 0.5), _write_run(tmp_path, 1, 0.80, 4.0, 0.6)]
+    seeds_table.main([*runs, "--out", str(tmp_path / "out")])
     table = (tmp_path / "out" / "seeds.md").read_text()
-    assert "| zero-shot | 50.0 | - | - |" in table
-    assert "| skip | 75.0 ± 7.1 | 3.0 ± 1.4 | 100.0 ± 0.0 |" in table
+    assert "| zero-shot | 55.0 ± 7.1 | - | - | - |" in table
+    assert "| skip | 75.0 ± 7.1 | 0.001 | 3.0 ± 1.4 | 100.0 ± 0.0 |" in table
     assert (tmp_path / "out" / "seeds.png").stat().st_size > 0
+
+
+def test_learning_rate_sweep_picks_the_most_accurate_and_the_smaller_on_a_tie():
+    def point(ft: float, skip: float) -> list[dict]:
+        return [{"method": "ft", "accuracy": ft}, {"method": "skip", "accuracy": skip}]
+
+    points = {1e-4: point(0.5, 0.6), 1e-3: point(0.7, 0.6), 1e-2: point(0.2, 0.5)}
+    assert sweep.best_learning_rates(points) == {"ft": 1e-3, "skip": 1e-4}
