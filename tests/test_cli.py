@@ -105,3 +105,16 @@ def test_config_file_sets_options_and_flags_win(tiny_model, tmp_path):
 
     config.write_text("model: m\ndata: digits\nepoch: 1\n")
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "bad")]) == 2
+
+
+@pytest.mark.parametrize("dataset, epochs", [("caltech101", 40), ("sun397", 10)])
+def test_data_of_the_paper_selects_its_recipe(dataset, epochs):
+    """`--data sun397` trains with sun397's recipe (a quarter of the epochs), not the protocol's defaults; an
+    explicit --recipe-dataset wins."""
+    from peft_skip.cli import _parse
+
+    argv = ["train", "--model", "m", "--data", dataset, "--data-root", "DATA", "--out", "run"]
+    _, (_, _, _, training) = _parse(argv)
+    assert training.recipe_dataset == dataset and training.num_train_epochs == epochs
+    _, (_, _, _, training) = _parse([*argv, "--recipe-dataset", "imagenet"])
+    assert training.recipe_dataset == "imagenet"

@@ -30,7 +30,7 @@ from .data import (
 from .experiment import evaluate_saved, is_main_process, train_and_evaluate
 from .offline import OfflineModelArguments, make_offline_model
 from .protocols import BenchmarkArguments, run_benchmark
-from .recipes import RecipeArguments, reference_recipe
+from .recipes import REFERENCE_DATASETS, RecipeArguments, reference_recipe
 from .trainer import NonFiniteLossError
 from .training_args import SkipTrainingArguments, recipe_train_config
 
@@ -174,6 +174,8 @@ def _parse(argv: Sequence[str] | None) -> tuple[str, list]:
     if namespace.command == "zero-shot" and namespace.adapter:
         raise ValueError("zero-shot evaluates the base model: drop --adapter, or use `peft-skip eval --adapter`.")
     command = "eval" if namespace.command == "zero-shot" else namespace.command
+    if command == "train" and namespace.recipe_dataset is None and namespace.data in REFERENCE_DATASETS:
+        namespace.recipe_dataset = namespace.data  # the paper's recipe differs per data set (epochs, template)
     instances = []
     for cls in _commands()[command][0]:
         names = {f.name for f in dataclasses.fields(cls) if f.init}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import random
 
@@ -20,9 +21,12 @@ from .evaluation import evaluate_protocol, summary, tokenize_classes
 from .offline import has_random_weights
 from .precision import to_reference_fp16
 from .preflight import check_images_readable, check_launch
+from .recipes import REFERENCE_DATASETS
 from .run_state import claim_output_dir
 from .trainer import SkipTrainer, make_accelerator
 from .training_args import SkipTrainingArguments
+
+logger = logging.getLogger(__name__)
 
 
 def is_main_process() -> bool:
@@ -85,6 +89,11 @@ def _train_and_evaluate(
     accelerator = make_accelerator(training.mixed_precision)
     say = accelerator.print
     recipe = training.recipe()
+    if data.data in REFERENCE_DATASETS and training.recipe_dataset != data.data:
+        logger.warning(
+            f"Training on {data.data} with the recipe of {training.recipe_dataset or 'no dataset'}: set "
+            f"recipe_dataset={data.data!r} for the paper's {data.data} recipe (its epochs and template)."
+        )
     template = data.template or (recipe.train_template if training.recipe_dataset else data.resolved_template())
     train_set = sample_few_shot(
         load_dataset_spec(data.data, "train", data_root=data.data_root), training.shots, training.seed
