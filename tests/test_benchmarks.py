@@ -195,3 +195,23 @@ def test_learning_rate_sweep_picks_the_most_accurate_and_the_smaller_on_a_tie():
 
     points = {1e-4: point(0.5, 0.6), 1e-3: point(0.7, 0.6), 1e-2: point(0.2, 0.5)}
     assert sweep.best_learning_rates(points) == {"ft": 1e-3, "skip": 1e-4}
+
+
+def test_world_suite_runs_peft_skip_train_per_task(tmp_path):
+    """Base-to-new on one world task through the README's main job's config, shrunk to 2 shots and 1 epoch."""
+    import world_few_shot
+    import yaml
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = yaml.safe_load(open(os.path.join(root, "examples", "world.yaml"), encoding="utf-8"))
+    config |= {"model": os.path.join(root, config["model"]), "shots": 2, "num_train_epochs": 1, "test_limit": 20}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    argv = ["--tasks", "lighting", "--base-to-new", "--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path)]
+    world_few_shot.main(argv)
+    result = json.loads((tmp_path / "results.json").read_text())["results"]["lighting"]
+    assert set(result["tuned"]) == {"base", "new", "hm"} and result["chance"] == {"base": 0.1, "new": 0.1}
+    metrics = json.loads((tmp_path / "lighting" / "metrics.json").read_text())
+    training = metrics["training_arguments"]
+    assert training["protocol"] == "base_to_new" and training["warmup_epochs"] == 0
+    assert training["vision_learning_rate"] == training["learning_rate"] == config["learning_rate"]
+    assert "| `lighting` |" in (tmp_path / "results.md").read_text()
