@@ -118,3 +118,29 @@ def test_data_of_the_paper_selects_its_recipe(dataset, epochs):
     assert training.recipe_dataset == dataset and training.num_train_epochs == epochs
     _, (_, _, _, training) = _parse([*argv, "--recipe-dataset", "imagenet"])
     assert training.recipe_dataset == "imagenet"
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", "torch.float32"), ("fp16_reference", "torch.float16")])
+def test_eval_in_the_precision_of_training(tiny_model, tmp_path, monkeypatch, precision, dtype):
+    """`eval --precision fp16_reference` scores float16 weights, as `train` does with its default SGD recipe, and
+    reproduces the tuned accuracy that `train` reported."""
+    import peft_skip.experiment as experiment
+
+    out = tmp_path / "run"
+    assert main(["train", "--model", tiny_model, *TRAIN, "--epochs", "1", "--lr", "1e-2", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["training_arguments"]["precision"] == "fp16_reference"
+    seen = []
+
+    def recording(model, *args, **kwargs):
+        seen.append(str(model.get_base_model().text_model.encoder.layers[0].mlp.fc1.weight.dtype))
+        return evaluate_protocol(model, *args, **kwargs)
+
+    evaluate_protocol = experiment.evaluate_protocol
+    monkeypatch.setattr(experiment, "evaluate_protocol", recording)
+    common = ["--model", tiny_model, "--data", "digits", "--test-limit", "60", "--adapter", str(out)]
+    assert main(["eval", *common, "--precision", precision, "--out", str(tmp_path / "eval")]) == 0
+    result = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    assert seen == [dtype] and result["precision"] == precision
+    if precision == "fp16_reference":
+        assert result["per_class"] == metrics["tuned"]["per_class"]

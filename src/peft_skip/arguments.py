@@ -4,6 +4,7 @@ to train and `SkipConfig` for the method; the command line is generated from the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from .data import TEMPLATES, build_prompts
 
@@ -74,7 +75,16 @@ class EvalArguments:
     dataloader_num_workers: int = field(
         default=2, metadata={"help": "Worker processes that read and transform the test images (0: none)."}
     )
+    precision: Literal["fp32", "fp16_reference"] = field(
+        default="fp32",
+        metadata={
+            "help": "fp16_reference: float16 weights with float32 layer norms, as the reference evaluates and as "
+            "`train --precision fp16_reference` reports its accuracies (faster on a GPU); fp32: float32."
+        },
+    )
 
     def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "fp16_reference"):
+            raise ValueError(f"precision={self.precision!r} is invalid; expected 'fp32' or 'fp16_reference'.")
         if self.dataloader_num_workers < 0:
             raise ValueError(f"dataloader_num_workers={self.dataloader_num_workers} is invalid; expected >= 0.")

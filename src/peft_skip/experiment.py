@@ -167,6 +167,8 @@ def evaluate_saved(model_args: ModelArguments, data: DataArguments, eval_args: E
         # Read with Skip Tuning's own checks: peft's reader would fail on a broken file without naming it.
         config = SkipConfig.from_pretrained(eval_args.adapter)
         model = PeftModel.from_pretrained(model, eval_args.adapter, config=config)
+    if eval_args.precision == "fp16_reference":
+        to_reference_fp16(model)
     model.to(accelerator.device)
     transform = ImageTransform.from_processor(processor, train=False)
     result = evaluate_protocol(
@@ -178,8 +180,14 @@ def evaluate_saved(model_args: ModelArguments, data: DataArguments, eval_args: E
         batch_size=data.per_device_eval_batch_size,
         num_workers=eval_args.dataloader_num_workers,
     )
-    result = {"model": model_args.model, "adapter": eval_args.adapter, **dataclasses.asdict(data), **result}
-    accelerator.print(f"accuracy: {summary(result)}")
+    result = {
+        "model": model_args.model,
+        "adapter": eval_args.adapter,
+        "precision": eval_args.precision,
+        **dataclasses.asdict(data),
+        **result,
+    }
+    accelerator.print(f"accuracy ({eval_args.precision}): {summary(result)}")
     if accelerator.is_main_process:
         if eval_args.output_dir:
             _write_json(os.path.join(eval_args.output_dir, "eval_results.json"), result)
