@@ -2,13 +2,18 @@
 peak memory per method, zero-shot first, and a figure in the spirit of the paper's Figure 1 (accuracy against
 training time, marker area by peak memory).
 
-    python benchmarks/seeds_table.py docs/benchmarks/world-combos/seed-0 docs/benchmarks/world-combos/seed-1 \
-        docs/benchmarks/world-combos/seed-2 --out docs/benchmarks/world-combos
+    python benchmarks/seeds_table.py docs/benchmarks/world/combos-few-shot/seed-{0,1,2} \
+        --out docs/benchmarks/world/combos-few-shot
+    python benchmarks/seeds_table.py --summary docs/benchmarks/world
+
+`--summary DIR` gathers every `DIR/<group>/seed-*` into `DIR/summary.md` (one row per group, one column per method:
+its accuracy, HM for base-to-new) and `DIR/summary.png` (one panel per group).
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import statistics
@@ -50,16 +55,14 @@ def table(runs: list[dict]) -> list[str]:
     return lines
 
 
-def figure(runs: list[dict], path: str, title: str) -> None:
+def headline_key(scores: list[str]) -> str:
+    return "hm" if "hm" in scores else "all"
+
+
+def panel(ax, runs: list[dict], title: str) -> None:
     """Mean accuracy (HM for base-to-new) against mean epoch time, marker area ~ mean peak memory."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     scores, values = collect(runs)
-    score = "hm" if "hm" in scores else "all"
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    score = headline_key(scores)
     for m, v in values.items():
         if m == "zero-shot":
             ax.axhline(statistics.mean(v[score]), linestyle="--", color="tab:blue", label="zero-shot")
@@ -73,20 +76,73 @@ def figure(runs: list[dict], path: str, title: str) -> None:
     ax.set_xlabel("epoch time (s, CPU clock)")
     ax.set_ylabel(ACCURACY_LABELS[score])
     ax.set_title(title, fontsize=9)
+
+
+def save_figure(groups: dict[str, list[dict]], path: str, title: str | None = None) -> None:
+    """One `panel` per group, three to a row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(3, len(groups))
+    rows = -(-len(groups) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(6 * columns, 4.2 * rows), squeeze=False)
+    for ax, (name, runs) in zip(axes.flat, groups.items(), strict=False):  # spare axes are blanked below
+        panel(ax, runs, title or name)
+    for ax in axes.flat[len(groups) :]:
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="Output directories of compare.py, one per seed.")
-    parser.add_argument("--out", required=True, help="Where seeds.md and seeds.png go.")
-    args = parser.parse_args(argv)
+def load_runs(directories: list[str]) -> list[dict]:
     runs = []
-    for run in args.runs:
+    for run in directories:
         with open(os.path.join(run, "results.json"), encoding="utf-8") as f:
             runs.append(json.load(f))
+    return runs
+
+
+def summary(root: str) -> None:
+    """`root/summary.md` and `root/summary.png` from every `root/<group>/seed-*`."""
+    groups = {}
+    for name in sorted(os.listdir(root)):
+        seeds = sorted(glob.glob(os.path.join(root, name, "seed-*")))
+        if seeds:
+            groups[name] = load_runs(seeds)
+    if not groups:
+        raise SystemExit(f"no <group>/seed-*/results.json under {root}: run compare.py into it first.")
+    methods = list(dict.fromkeys(m for runs in groups.values() for m in collect(runs)[1]))
+    lines = [
+        "Accuracy (%) per group and method, mean ± std over seeds; HM of base and new for base-to-new.",
+        "",
+        "| group | seeds | " + " | ".join(methods) + " |",
+        "|---|---|" + "---|" * len(methods),
+    ]
+    for name, runs in groups.items():
+        scores, values = collect(runs)
+        key = headline_key(scores)
+        cells = [_cell(values[m][key]) if m in values else "-" for m in methods]
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+    with open(os.path.join(root, "summary.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    save_figure(groups, os.path.join(root, "summary.png"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="*", help="Output directories of compare.py, one per seed.")
+    parser.add_argument("--out", help="Where seeds.md and seeds.png go.")
+    parser.add_argument("--summary", help="A directory of groups of runs to summarise instead.")
+    args = parser.parse_args(argv)
+    if args.summary:
+        return summary(args.summary)
+    if not (args.runs and args.out):
+        parser.error("give the runs of one group and --out, or --summary DIR.")
+    runs = load_runs(args.runs)
     lines = table(runs)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "seeds.md"), "w", encoding="utf-8") as f:
@@ -94,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(lines))
     facts = runs[0]["facts"]
     title = f"{facts['data']}, {facts['protocol']}, {len(runs)} seeds: accuracy against time; area ~ peak memory"
-    figure(runs, os.path.join(args.out, "seeds.png"), title)
+    save_figure({"": runs}, os.path.join(args.out, "seeds.png"), title)
 
 
 if __name__ == "__main__":

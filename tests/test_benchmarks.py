@@ -215,3 +215,15 @@ def test_world_suite_runs_peft_skip_train_per_task(tmp_path):
     assert training["protocol"] == "base_to_new" and training["warmup_epochs"] == 0
     assert training["vision_learning_rate"] == training["learning_rate"] == config["learning_rate"]
     assert "| `lighting` |" in (tmp_path / "results.md").read_text()
+
+
+def test_seeds_summary_gathers_every_group(tmp_path):
+    for group, accuracy in (("combos-few-shot", 0.7), ("lighting-few-shot", 0.9)):
+        (tmp_path / group).mkdir()
+        for seed in range(2):
+            _write_run(tmp_path / group, seed, accuracy + seed / 10, 2.0, 0.5)
+    seeds_table.main(["--summary", str(tmp_path)])
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| group | seeds | zero-shot | skip |" in summary
+    assert "| lighting-few-shot | 2 | 50.0 ± 0.0 | 95.0 ± 7.1 |" in summary
+    assert (tmp_path / "summary.png").stat().st_size > 0
