@@ -227,3 +227,28 @@ def test_seeds_summary_gathers_every_group(tmp_path):
     assert "| group | seeds | zero-shot | skip |" in summary
     assert "| lighting-few-shot | 2 | 50.0 ± 0.0 | 95.0 ± 7.1 |" in summary
     assert (tmp_path / "summary.png").stat().st_size > 0
+
+
+def test_learning_rate_sweeps_merge_when_a_grid_was_widened(tmp_path):
+    """A second sweep below the first grid for one method: the merged report picks from every point."""
+
+    def result(method: str, accuracy: float) -> dict:
+        return {
+            "method": method,
+            "accuracy": accuracy,
+            "epoch_seconds": 1.0,
+            "cache_seconds": 0.0,
+            "peak_memory_mb": 1,
+        }
+
+    first = {"commands": ["first"], "points": {"0.001": [result("ft", 0.3), result("skip", 0.8)]}}
+    second = {"commands": ["second"], "points": {"1e-05": [result("ft", 0.7)]}}
+    paths = []
+    for name, sweep_json in (("a", first), ("b", second)):
+        paths.append(str(tmp_path / f"{name}.json"))
+        (tmp_path / f"{name}.json").write_text(json.dumps(sweep_json))
+    points, commands = sweep.merge(paths)
+    assert commands == ["first", "second"] and sweep.best_learning_rates(points) == {"ft": 1e-5, "skip": 1e-3}
+    sweep.report(points, "lr", str(tmp_path / "sweep-lr"), commands, "merged")
+    assert "`--lr 0.001,ft=1e-05`" in (tmp_path / "sweep-lr.md").read_text()
+    assert (tmp_path / "sweep-lr.png").stat().st_size > 0
