@@ -12,6 +12,7 @@ from .cache import ImageCache, TextCache, build_text_cache  # noqa: E402
 from .classes import ClassSelector, keep_count, rank_keep_probabilities  # noqa: E402
 from .config import SkipConfig  # noqa: E402
 from .evaluation import evaluate_accuracy, evaluate_protocol, tokenize_classes  # noqa: E402
+from .hub import push_to_hub  # noqa: E402
 from .loss import drop_tokens, skip_tuning_loss  # noqa: E402
 from .model import SkipModel  # noqa: E402
 from .towers import Tower, Towers, get_towers  # noqa: E402
@@ -35,6 +36,7 @@ __all__ = [
     "evaluate_protocol",
     "get_towers",
     "keep_count",
+    "push_to_hub",
     "rank_keep_probabilities",
     "skip_tuning_loss",
     "tokenize_classes",

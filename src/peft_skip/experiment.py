@@ -18,6 +18,7 @@ from .arguments import DataArguments, EvalArguments, ModelArguments
 from .config import SkipConfig
 from .data import ImageDataset, ImageTransform, load_dataset_spec, sample_few_shot, split_base_new, subset_classes
 from .evaluation import evaluate_protocol, summary, tokenize_classes
+from .hub import create_hub_repo, hub_repo_id, push_adapter
 from .offline import has_random_weights
 from .precision import to_reference_fp16
 from .preflight import check_images_readable, check_launch
@@ -103,6 +104,9 @@ def _train_and_evaluate(
     if base_new is not None:
         train_set = subset_classes(train_set, base_new[0])
     check_images_readable(train_set)
+    repo_id = hub_repo_id(training.output_dir, training.hub_model_id) if training.push_to_hub else None
+    if repo_id and accelerator.is_main_process:
+        say(f"Hub repository: {create_hub_repo(repo_id, training.hub_private_repo)}")
     model, processor = load_model(model_args, say)
     classes = len(train_set.class_names)
     say(f"{data.data}: {len(train_set)} training images ({training.shots} shots x {classes} classes)")
@@ -153,6 +157,8 @@ def _train_and_evaluate(
     if accelerator.is_main_process:
         _write_json(os.path.join(training.output_dir, "metrics.json"), metrics)
         say(f"adapter and metrics.json written to {training.output_dir}")
+        if repo_id:
+            say(f"uploaded to the Hub: {push_adapter(training.output_dir, repo_id)}")
     return metrics
 
 

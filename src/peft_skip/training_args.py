@@ -141,6 +141,18 @@ class SkipTrainingArguments:
         compare=False,
     )
     disable_tqdm: bool = _arg(False, "No progress bars.", "--no-progress", compare=False)
+    push_to_hub: bool = _arg(
+        False,
+        "Upload the adapter, its model card and metrics.json to the Hub after training (the repository is created "
+        "first, so a missing login fails before training).",
+        compare=False,
+    )
+    hub_model_id: str | None = _arg(
+        None, "Hub repository of --push_to_hub, 'user/name' (default: output_dir's name).", compare=False
+    )
+    hub_private_repo: bool | None = _arg(
+        None, "Create the repository private (default: the Hub's default).", compare=False
+    )
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
