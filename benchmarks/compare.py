@@ -171,11 +171,10 @@ def prepare(args: argparse.Namespace, work_dir: str) -> dict:
     from peft_skip.offline import RANDOM_WEIGHTS, make_offline_model
 
     model_dir = args.arch
-    processor = None if args.arch in OFFLINE_ARCHS else AutoProcessor.from_pretrained(model_dir)
     if args.arch in OFFLINE_ARCHS:
         _, shots, _ = training_images(args.data, args.classes, args.shots, args.seed)
         model_dir = make_offline_model(os.path.join(work_dir, "model"), args.arch, shots.class_names, seed=args.seed)
-        processor = AutoProcessor.from_pretrained(model_dir)
+    processor = AutoProcessor.from_pretrained(model_dir)
     workload, facts = build_workload(
         args.data,
         args.classes,
