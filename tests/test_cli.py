@@ -144,3 +144,25 @@ def test_eval_in_the_precision_of_training(tiny_model, tmp_path, monkeypatch, pr
     assert seen == [dtype] and result["precision"] == precision
     if precision == "fp16_reference":
         assert result["per_class"] == metrics["tuned"]["per_class"]
+
+
+def test_training_on_a_paper_dataset_uses_its_recipe_and_the_api_warns_otherwise(tiny_model, tmp_path, caplog):
+    from coop_miniature import write_coop_miniature
+
+    from peft_skip.arguments import DataArguments, ModelArguments
+    from peft_skip.config import SkipConfig
+    from peft_skip.experiment import train_and_evaluate
+    from peft_skip.training_args import SkipTrainingArguments
+
+    root = str(write_coop_miniature(tmp_path / "DATA", datasets=("eurosat",), train=2, val=1, test=1))
+    run = ["--data", "eurosat", "--data-root", root, "--shots", "1", "--epochs", "1", "--skip-layers", "2"]
+    assert main(["train", "--model", tiny_model, *run, "--no-progress", "--out", str(tmp_path / "cli")]) == 0
+    metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert metrics["training_arguments"]["recipe_dataset"] == "eurosat"
+    assert metrics["data"]["template"] == "a centered satellite photo of {}."
+
+    training = SkipTrainingArguments(output_dir=str(tmp_path / "api"), shots=1, num_train_epochs=1, disable_tqdm=True)
+    data = DataArguments(data="eurosat", data_root=root)
+    with caplog.at_level("WARNING", logger="peft_skip"):
+        train_and_evaluate(ModelArguments(model=tiny_model), data, SkipConfig(skip_layers=2), training)
+    assert "set recipe_dataset='eurosat' for the paper's eurosat recipe" in caplog.text
