@@ -42,3 +42,14 @@ def test_shipped_world_clip_loads():
     processor = AutoProcessor.from_pretrained(world_clip_path())
     assert model.config.vision_config.image_size == 32
     assert processor.tokenizer("a photo of a red sneaker.")["input_ids"][0] == processor.tokenizer.bos_token_id
+
+
+def test_command_line_sets_every_pretraining_field(tmp_path):
+    from peft_skip.pretrain import main
+
+    main(
+        ["--steps", "1", "--batch-size", "4", "--width", "32", "--layers", "1", "--heads", "2", "--out", str(tmp_path)]
+    )
+    saved = json.loads((tmp_path / "pretrain_config.json").read_text())
+    assert saved["steps"] == 1 and saved["width"] == 32 and saved["learning_rate"] == PretrainConfig().learning_rate
+    assert AutoModel.from_pretrained(tmp_path).config.text_config.hidden_size == 32

@@ -9,11 +9,10 @@ CLIP. The package ships one (`world_clip_path()`); rebuild it with
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -180,16 +179,18 @@ def _card(config: PretrainConfig) -> str:
     )
 
 
+@dataclass
+class PretrainOutput:
+    out: str = field(metadata={"help": "Directory to save the model and processor to."})
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Pretrain the world CLIP (peft_skip.data.world) on the CPU.")
-    parser.add_argument("--out", required=True, help="Directory to save the model and processor to.")
-    for f in fields(PretrainConfig):
-        parser.add_argument(
-            f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=f.metadata["help"]
-        )
-    args = parser.parse_args(argv)
-    config = PretrainConfig(**{f.name: getattr(args, f.name) for f in fields(PretrainConfig)})
-    pretrain(config, args.out, log=lambda line: print(line, flush=True))
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser((PretrainConfig, PretrainOutput))
+    parser.description = "Pretrain the world CLIP (peft_skip.data.world) on the CPU."
+    config, output = parser.parse_args_into_dataclasses(argv)
+    pretrain(config, output.out, log=lambda line: print(line, flush=True))
 
 
 if __name__ == "__main__":
