@@ -104,3 +104,10 @@ def test_push_to_hub_keeps_the_skip_tuning_card(fake_hub, monkeypatch, tmp_path)
     with pytest.raises(ValueError, match="Uploading to 'me/world-skip' failed") as error:
         push_to_hub(model, "me/world-skip")
     assert "retry" not in str(error.value)  # nothing is left to retry from
+
+
+def test_a_hub_repository_without_push_to_hub_is_refused(tmp_path):
+    from peft_skip import SkipTrainingArguments
+
+    with pytest.raises(ValueError, match="push_to_hub is not: add --push_to_hub"):
+        SkipTrainingArguments(output_dir=str(tmp_path), hub_model_id="me/x")

@@ -185,6 +185,11 @@ class SkipTrainingArguments:
         bad = ", ".join(f"{name}={rate}" for name, rate in rates.items() if not 0 < rate < math.inf)
         if bad:
             raise ValueError(f"Learning rates must be finite and > 0; got {bad}.")
+        if not self.push_to_hub and (self.hub_model_id is not None or self.hub_private_repo is not None):
+            raise ValueError(
+                "hub_model_id / hub_private_repo are set but push_to_hub is not: add --push_to_hub to upload the "
+                "adapter, or drop them."
+            )
         if self.precision == "fp16_reference" and (self.mixed_precision != "no" or self.optim != "sgd"):
             raise ValueError(
                 f"precision='fp16_reference' trains float16 weights with SGD and no autocast; got "
