@@ -44,6 +44,16 @@ def test_shipped_world_clip_loads():
     assert processor.tokenizer("a photo of a red sneaker.")["input_ids"][0] == processor.tokenizer.bos_token_id
 
 
+def test_rebuilt_tokenizer_is_the_shipped_one():
+    """`python -m peft_skip.pretrain` rebuilds the shipped model only if it rebuilds its tokenizer: a change to the
+    offline tokenizers or to the prompt words that moves a single id fails here, not silently in a rebuild."""
+    from peft_skip.pretrain import build_tokenizer
+
+    shipped = json.loads((Path(world_clip_path()) / "tokenizer.json").read_text())["model"]
+    rebuilt = json.loads(build_tokenizer().backend_tokenizer.to_str())["model"]
+    assert rebuilt["vocab"] == shipped["vocab"] and rebuilt["merges"] == shipped["merges"]
+
+
 def test_command_line_sets_every_pretraining_field(tmp_path):
     from peft_skip.pretrain import main
 

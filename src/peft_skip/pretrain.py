@@ -63,7 +63,9 @@ DEFAULTS = PretrainConfig()
 
 def build_tokenizer():
     """A CLIP BPE tokenizer whose vocabulary holds every word of the world and of the usual prompt templates."""
-    tokenizer = _clip_tokenizer(_corpus(world_words()), None)
+    # Not the package's templates: they follow the paper's recipe and may change, and the world CLIP's vocabulary must
+    # not, or a rebuild would no longer be the shipped model (its prompt words cover the usual templates).
+    tokenizer = _clip_tokenizer(_corpus(world_words(), templates=()), None)
     tokenizer.model_max_length = MAX_TEXT_LENGTH
     return tokenizer
 

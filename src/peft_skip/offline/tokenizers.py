@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import string
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..data import TEMPLATES, build_prompts
@@ -23,9 +23,9 @@ hard see rendition weird cool nice my our your someone something
 """
 
 
-def _corpus(class_names: Sequence[str]) -> list[str]:
+def _corpus(class_names: Sequence[str], templates: Iterable[str] = TEMPLATES.values()) -> list[str]:
     """The texts the offline tokenizers learn their vocabulary from: prompt words, templates, digits, class prompts."""
-    templates = [template.replace("{}", " ") for template in TEMPLATES.values()]
+    templates = [template.replace("{}", " ") for template in templates]
     return [_PROMPT_WORDS, *templates, " ".join("0123456789"), *build_prompts(class_names, "{}")]
 
 
