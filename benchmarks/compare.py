@@ -421,6 +421,8 @@ def compare(args: argparse.Namespace, command: str) -> list[dict]:
             print(f"{results[-1]['label']}: done in {time.perf_counter() - start:.1f}s", flush=True)
         pairs = add_drift(results)
     add_cost_model(results, args, facts)
+    for result in results:
+        result["random_weights"] = facts["random_weights"]  # read by sweep.py: an accuracy worth plotting or not
     facts["model_name"] = args.arch
     report = markdown(results, facts, command, pairs)
     settings = {k: v for k, v in vars(args).items()}

@@ -59,7 +59,9 @@ def plot(points: dict[float, list[dict]], name: str, path: str, title: str) -> N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = LR_PANELS if name == "lr" else PANELS
+    results = [r for value in points for r in points[value]]
+    pretrained = any(r["accuracy"] is not None and not r.get("random_weights", True) for r in results)
+    panels = LR_PANELS if name == "lr" else PANELS + ((("accuracy", "accuracy"),) if pretrained else ())
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
     for ax, (key, label) in zip(axes, panels, strict=True):
         for method in _methods(points):
