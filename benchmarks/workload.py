@@ -112,6 +112,8 @@ def build_workload(
     if eval_on == "held-out" and synthetic:
         raise ValueError("eval_on='held-out' needs real classes: use --classes 10 or fewer, or another --data.")
     evaluation = evaluation_images(split, train, data, eval_on)
+    if eval_on == "held-out" and len(evaluation) == 0:
+        raise ValueError(f"--shots {shots} draws every training image of {data}: lower it to leave some held out.")
     groups = {"all": list(range(len(train.class_names)))}
     if base_to_new:
         groups = dict(zip(("base", "new"), split_base_new(train.class_names), strict=True))

@@ -163,6 +163,8 @@ def test_held_out_evaluation_never_scores_a_training_image(tmp_path):
     assert not torch.equal(held_out, test["eval_sets"]["all"]["pixels"])
     with pytest.raises(ValueError, match="needs real classes"):
         build_workload("fashion-mnist", 12, 4, 0, eval_on="held-out", **kwargs)
+    with pytest.raises(ValueError, match="draws every training image of fashion-mnist: lower it"):
+        build_workload("fashion-mnist", 3, 6000, 0, eval_on="held-out", **kwargs)  # 6,000 per class
 
 
 def _write_run(path, seed: int, accuracy: float, seconds: float, zero_shot: float) -> str:
