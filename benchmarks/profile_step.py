@@ -41,7 +41,8 @@ def main() -> None:
     method = make_method(model, workload, spec)
     method.model.train()
     method.build_cache(time.perf_counter)
-    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
+    lr = args.lr.get(own.method, args.lr["default"])
+    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     batches = [b for epoch in workload["batches"] for b in epoch]
 
     def step(positions: torch.Tensor) -> None:

@@ -254,3 +254,13 @@ def test_learning_rate_sweeps_merge_when_a_grid_was_widened(tmp_path):
     sweep.report(points, "lr", str(tmp_path / "sweep-lr"), commands, "merged")
     assert "`--lr 0.001,ft=1e-05`" in (tmp_path / "sweep-lr.md").read_text()
     assert (tmp_path / "sweep-lr.png").stat().st_size > 0
+
+
+def test_profile_step_smoke(monkeypatch, capsys):
+    import profile_step
+
+    argv = "--method skip --rows 3 -- --arch tiny --classes 4 --shots 4 --epochs 1 --steps-per-epoch 2 --skip-layers 2"
+    argv += " --lr 1e-3,skip=1e-2 --test-images 0"
+    monkeypatch.setattr(sys, "argv", ["profile_step.py", *argv.split()])
+    profile_step.main()
+    assert "Self CPU time total" in capsys.readouterr().out
