@@ -34,7 +34,8 @@ sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "src")]
 
 from cost import cache_flops, step_flops, tower_shapes  # noqa: E402
 from drift import loss_drift, precision_table, update_drift  # noqa: E402
-from methods import METHODS, SKIP_VARIANTS, Method, evaluate, headline  # noqa: E402
+from method_run import evaluate, headline  # noqa: E402
+from methods import METHODS, SKIP_VARIANTS, Method  # noqa: E402
 from workload import build_workload, save_workload, training_images  # noqa: E402
 
 OFFLINE_ARCHS = ("vit-b-32", "vit-b-16", "tiny")
@@ -240,7 +241,7 @@ def run_method(
     result_path = os.path.join(work_dir, f"result-{name}.json")
     with open(spec_path, "w") as f:
         json.dump(spec, f)
-    script = os.path.join(HERE, "methods.py")
+    script = os.path.join(HERE, "method_run.py")
     subprocess.run([sys.executable, script, spec_path, result_path], check=True)
     with open(result_path) as f:
         return {"label": label, **json.load(f), "offload": offload, "updates_file": spec["updates_file"]}

@@ -1,5 +1,5 @@
 """What every method of `compare.py` trains and is scored on: the few-shot images, their batches and the evaluation
-sets, written once to `workload.pt` and read by every method process (`methods.py`).
+sets, written once to `workload.pt` and read by every method process (`method_run.py`).
 
 Few-shot: train on `shots` images of every class, score on the test split among all classes. Base-to-new (CoOp's
 protocol): train on the base half of the classes, score base test images among the base classes and new test images
