@@ -4,6 +4,7 @@
 # held-out training images (benchmarks/sweep.py lr ... --eval-on held-out).
 #
 #   bash benchmarks/world_compare.sh LR OUT [TASK ...]     e.g. LR=1e-3,ft=1e-4 OUT=docs/benchmarks/world
+#   METHODS=ft,skip bash benchmarks/world_compare.sh ...  # only these methods (no ablations)
 set -euo pipefail
 lr=$1
 out=$2
@@ -11,8 +12,8 @@ shift 2
 tasks=${*:-combos backgrounds outlines lighting sizes}
 cd "$(dirname "$0")/.."
 for task in $tasks; do
-    methods=ft,lora,coop,skip
-    if [ "$task" = combos ]; then methods=$methods,deep,deep+lskip,deep+cskip; fi
+    methods=${METHODS:-ft,lora,coop,skip}
+    if [ -z "${METHODS:-}" ] && [ "$task" = combos ]; then methods=$methods,deep,deep+lskip,deep+cskip; fi
     for protocol in few-shot base-to-new; do
         flag=()
         if [ "$protocol" = base-to-new ]; then flag=(--base-to-new); fi
