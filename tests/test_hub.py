@@ -21,7 +21,7 @@ class FakeHub:
 
     def create_repo(self, repo_id, private=None, exist_ok=False):
         self._call("create_repo", repo_id=repo_id, private=private)
-        return f"https://huggingface.co/{repo_id}"
+        return SimpleNamespace(repo_id=repo_id if "/" in repo_id else f"me/{repo_id}")  # the token owner's namespace
 
     def upload_folder(self, repo_id, folder_path, allow_patterns, commit_message):
         uploaded = sorted(f for f in os.listdir(folder_path) if f in allow_patterns)
@@ -54,9 +54,9 @@ def test_push_uploads_the_adapter_card_and_metrics_not_the_checkpoints(tiny_mode
     assert main(argv) == 0
     assert [name for name, _ in fake_hub.calls] == ["create_repo", "upload_folder"]
     assert fake_hub.calls[0][1] == {"repo_id": "my-run", "private": True}  # the output_dir's name by default
-    assert fake_hub.calls[1][1]["uploaded"] == sorted(hub.UPLOADED_FILES)
+    assert fake_hub.calls[1][1] == {"repo_id": "me/my-run", "uploaded": sorted(hub.UPLOADED_FILES)}
     assert (out / "checkpoints").is_dir() and "checkpoints" not in hub.UPLOADED_FILES
-    assert "uploaded to the Hub: https://huggingface.co/my-run/commit/1" in capsys.readouterr().out
+    assert "uploaded to the Hub: https://huggingface.co/me/my-run/commit/1" in capsys.readouterr().out
 
 
 def test_an_unreachable_hub_fails_before_training(tiny_model, tmp_path, fake_hub, capsys):

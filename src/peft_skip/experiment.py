@@ -104,9 +104,10 @@ def _train_and_evaluate(
     if base_new is not None:
         train_set = subset_classes(train_set, base_new[0])
     check_images_readable(train_set)
-    repo_id = hub_repo_id(training.output_dir, training.hub_model_id) if training.push_to_hub else None
-    if repo_id and accelerator.is_main_process:
-        say(f"Hub repository: {create_hub_repo(repo_id, training.hub_private_repo)}")
+    repo_id = None
+    if training.push_to_hub and accelerator.is_main_process:
+        repo_id = create_hub_repo(hub_repo_id(training.output_dir, training.hub_model_id), training.hub_private_repo)
+        say(f"Hub repository: {repo_id}")
     model, processor = load_model(model_args, say)
     classes = len(train_set.class_names)
     say(f"{data.data}: {len(train_set)} training images ({training.shots} shots x {classes} classes)")

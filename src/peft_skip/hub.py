@@ -20,9 +20,9 @@ def hub_repo_id(output_dir: str, hub_model_id: str | None) -> str:
 
 def create_hub_repo(repo_id: str, private: bool | None = None) -> str:
     """Creates `repo_id` (or finds it) before training, so that a missing login or an unreachable Hub fails in
-    seconds, not after the last epoch. Returns the repository's URL."""
+    seconds, not after the last epoch. Returns its full id, `namespace/name` (a bare name gets the token owner's)."""
     try:
-        return str(HfApi().create_repo(repo_id, private=private, exist_ok=True))
+        return HfApi().create_repo(repo_id, private=private, exist_ok=True).repo_id
     except Exception as error:  # network, auth and permission errors all end the run the same way
         raise ValueError(
             f"Cannot create or reach the Hub repository {repo_id!r} ({type(error).__name__}: {error}): log in with "
@@ -42,7 +42,7 @@ def push_to_hub(model: nn.Module, repo_id: str, private: bool | None = None) -> 
         repo_id (`str`): `user/name` (or `name`, in the token owner's namespace).
         private (`bool`, *optional*): Create the repository private.
     """
-    create_hub_repo(repo_id, private)
+    repo_id = create_hub_repo(repo_id, private)
     with tempfile.TemporaryDirectory() as directory:
         model.save_pretrained(directory)
         return push_adapter(directory, repo_id, kept=False)
@@ -53,7 +53,7 @@ def push_adapter(output_dir: str, repo_id: str, kept: bool = True) -> str:
 
     Args:
         output_dir (`str`): A directory with an adapter (a run's output directory).
-        repo_id (`str`): The repository, already created.
+        repo_id (`str`): The repository's full id (`create_hub_repo`'s).
         kept (`bool`): `output_dir` outlives the call, so a failure's message says how to retry from it.
 
     Raises:
