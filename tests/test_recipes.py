@@ -218,38 +218,29 @@ def test_recipe_command_prints_the_reference_field_by_field(protocol, dataset, c
         assert printed[key] == value, f"{protocol}/{dataset}: {key} is {printed[key]!r}, the reference has {value!r}"
 
 
+# Each `SkipTrainingArguments` field a recipe sets, and the name the reference table gives it.
+REFERENCE_NAMES = {
+    "learning_rate": "text_lr",
+    "vision_learning_rate": "vision_lr",
+    "num_train_epochs": "epochs",
+    "warmup_epochs": "warmup_epochs",
+    "warmup_lr": "warmup_lr",
+    "lr_scheduler_type": "schedule",
+    "batch_size": "batch_size",
+    "optim": "optimizer",
+    "momentum": "momentum",
+    "weight_decay": "weight_decay",
+    "dataloader_drop_last": "drop_last",
+    "precision": "precision",
+}
+
+
 @pytest.mark.parametrize("protocol, dataset", sorted(TABLE))
 def test_training_arguments_resolve_to_the_reference(protocol, dataset):
     args = SkipTrainingArguments(output_dir="unused", protocol=protocol, recipe_dataset=dataset)
     expected = {**COMMON, **TABLE[protocol, dataset]}
-    resolved = dict(
-        learning_rate=args.learning_rate,
-        vision_learning_rate=args.vision_learning_rate,
-        num_train_epochs=args.num_train_epochs,
-        warmup_epochs=args.warmup_epochs,
-        warmup_lr=args.warmup_lr,
-        lr_scheduler_type=args.lr_scheduler_type,
-        batch_size=args.batch_size,
-        optim=args.optim,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        dataloader_drop_last=args.dataloader_drop_last,
-        precision=args.precision,
-    )
-    assert resolved == dict(
-        learning_rate=expected["text_lr"],
-        vision_learning_rate=expected["vision_lr"],
-        num_train_epochs=expected["epochs"],
-        warmup_epochs=expected["warmup_epochs"],
-        warmup_lr=expected["warmup_lr"],
-        lr_scheduler_type=expected["schedule"],
-        batch_size=expected["batch_size"],
-        optim=expected["optimizer"],
-        momentum=expected["momentum"],
-        weight_decay=expected["weight_decay"],
-        dataloader_drop_last=expected["drop_last"],
-        precision=expected["precision"],
-    )
+    resolved = {name: getattr(args, name) for name in REFERENCE_NAMES}
+    assert resolved == {name: expected[key] for name, key in REFERENCE_NAMES.items()}
 
 
 def test_recipe_as_train_config_round_trips_through_train_config(tmp_path, capsys):
