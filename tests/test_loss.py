@@ -1,7 +1,7 @@
 """One Skip Tuning step: what it builds from the prompts."""
 
 import torch
-from conftest import text_batch, tiny_clip
+from conftest import image_batch, text_batch, tiny_clip
 from peft import get_peft_model
 from torch.nn import functional as F
 
@@ -20,3 +20,23 @@ def test_prototypes_come_from_the_pre_trained_model():
         tuned = F.normalize(model.get_text_features(**prompts).pooler_output, dim=-1)
     assert not torch.allclose(tuned, pre_trained, atol=1e-3)
     torch.testing.assert_close(step.prototypes, pre_trained)
+
+
+def test_a_step_with_dropped_classes_is_the_full_model_on_the_kept_classes():
+    """The step's logits are the full model's over the kept classes, in their order, and its targets are the labels."""
+    model = get_peft_model(tiny_clip(), SkipConfig(skip_layers=2, class_ratio=0.2, init_weights=False))
+    towers = get_towers(model)
+    prompts = text_batch(10, seed=1)
+    step = SkipTuningStep.from_prompts(model, towers, prompts, torch.Generator().manual_seed(0), "cpu")
+    pixels, labels = image_batch(3), torch.tensor([7, 2, 7])
+    with torch.no_grad():
+        states = towers.vision.run_layers(towers.vision.embed(pixels), 0, 2)
+        out = step(states, labels, 1.0, torch.Generator())
+        images = towers.image_features(pixels)
+        texts = towers.text_features(prompts["input_ids"], prompts["attention_mask"])
+    kept, _ = step.selector.select(images.float(), step.prototypes, labels)
+    assert 2 < len(kept) < 10  # CSkip dropped classes
+    torch.testing.assert_close(kept[out.targets], labels, rtol=0, atol=0)
+    expected = towers.logit_scale.exp() * images @ texts[kept].T
+    torch.testing.assert_close(out.logits, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.loss, F.cross_entropy(expected, out.targets), rtol=1e-4, atol=1e-4)

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from peft_skip import SkipConfig
 from peft_skip.batches import class_batches
+from peft_skip.cache import ImageCache
 from peft_skip.evaluation import evaluate_accuracy
 from peft_skip.layer import SkipLayer
 from peft_skip.recipes import reference_recipe, with_overrides
@@ -509,3 +510,18 @@ def test_views_mode_reads_one_view_per_epoch(tmp_path):
         history[views] = SkipTrainer(skip_model(), args, TensorImages(), prompts(), jitter).train().history
     assert history[2][0]["loss"] == history[1][0]["loss"]
     assert history[2][1]["loss"] != history[1][1]["loss"]
+
+
+def test_each_epoch_draws_its_own_batches(tmp_path, monkeypatch):
+    """Every epoch reads every image once, in batches drawn anew (seeded by the epoch)."""
+    read = []
+    get = ImageCache.get
+    monkeypatch.setattr(
+        ImageCache, "get", lambda self, indices, *args: read.append(indices.tolist()) or get(self, indices, *args)
+    )
+    data = TensorImages()
+    train(skip_model(), tmp_path, data, num_train_epochs=2, sampler="random")
+    epochs = [read[: len(read) // 2], read[len(read) // 2 :]]
+    for batches in epochs:
+        assert sorted(i for batch in batches for i in batch) == list(range(len(data)))
+    assert epochs[0] != epochs[1]
