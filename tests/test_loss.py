@@ -6,7 +6,7 @@ from peft import get_peft_model
 from torch.nn import functional as F
 
 from peft_skip import SkipConfig
-from peft_skip.loss import SkipTuningStep
+from peft_skip.loss import SkipTuningStep, drop_tokens
 from peft_skip.towers import get_towers
 
 
@@ -40,3 +40,20 @@ def test_a_step_with_dropped_classes_is_the_full_model_on_the_kept_classes():
     expected = towers.logit_scale.exp() * images @ texts[kept].T
     torch.testing.assert_close(out.logits, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out.loss, F.cross_entropy(expected, out.targets), rtol=1e-4, atol=1e-4)
+
+
+def test_token_drop_keeps_the_class_token():
+    """The step drops image tokens as `drop_tokens` does with the tower's class tokens kept (CLIP pools token 0)."""
+    model = get_peft_model(tiny_clip(), SkipConfig(skip_layers=2, token_drop=0.6))
+    towers = get_towers(model)
+    prompts = text_batch(3, seed=1)
+    step = SkipTuningStep.from_prompts(model, towers, prompts, torch.Generator().manual_seed(0), "cpu")
+    labels = torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        states = towers.vision.run_layers(towers.vision.embed(image_batch(3)), 0, 2)
+        out = step(states, labels, 1.0, torch.Generator().manual_seed(5))
+        kept = drop_tokens(states, 0.6, torch.Generator().manual_seed(5), class_tokens=1)
+        images = F.normalize(towers.vision.pool(towers.vision.run_layers(kept, 2, 4)), dim=-1)
+        texts = towers.text_features(prompts["input_ids"], prompts["attention_mask"])
+    assert kept.shape[1] < states.shape[1]
+    torch.testing.assert_close(out.logits, towers.logit_scale.exp() * images @ texts.T, rtol=1e-4, atol=1e-4)

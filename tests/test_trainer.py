@@ -76,10 +76,10 @@ def deltas(model) -> dict[str, torch.Tensor]:
     return get_peft_model_state_dict(model)
 
 
-def full_finetuning_step(model, pixels, labels, lr: float) -> None:
+def full_finetuning_step(model, pixels, labels, lr: float, weight_decay: float = 0.0) -> None:
     """One SGD step of plain full fine-tuning of every parameter but logit_scale: CE over logit_scale * cos."""
     params = [p for name, p in model.named_parameters() if name != "logit_scale"]
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     batch = prompts()
     text = F.normalize(model.get_text_features(**batch).pooler_output, dim=-1)
     images = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
@@ -87,8 +87,10 @@ def full_finetuning_step(model, pixels, labels, lr: float) -> None:
     optimizer.step()
 
 
-@pytest.mark.parametrize("skip_layers, accumulation", [(0, 1), (2, 1), (2, 2)])
-def test_one_step_equals_full_finetuning(tmp_path, skip_layers, accumulation):
+@pytest.mark.parametrize(
+    "skip_layers, accumulation, weight_decay", [(0, 1, 0.0), (2, 1, 0.0), (2, 2, 0.0), (2, 1, 0.01)]
+)
+def test_one_step_equals_full_finetuning(tmp_path, skip_layers, accumulation, weight_decay):
     data = TensorImages(per_class=2)
     lr = 0.5
     model = skip_model(skip_layers=skip_layers)
@@ -104,13 +106,13 @@ def test_one_step_equals_full_finetuning(tmp_path, skip_layers, accumulation):
         batch_size=len(data) // accumulation,
         gradient_accumulation_steps=accumulation,
         sampler="random",
-        weight_decay=0.0,
+        weight_decay=weight_decay,
     )
     tuned = model.merge_and_unload()
 
     reference = tiny_clip()
     before = copy.deepcopy(reference.state_dict())
-    full_finetuning_step(reference, data.pixels, torch.tensor(data.labels), lr)
+    full_finetuning_step(reference, data.pixels, torch.tensor(data.labels), lr, weight_decay)
 
     deep = [f"{tower}_model.encoder.layers.{i}." for tower in ("vision", "text") for i in range(skip_layers, 4)] + [
         "vision_model.post_layernorm.",
