@@ -111,7 +111,8 @@ def test_one_step_matches_the_authors_step(tmp_path, precision, class_ratio, tok
     with model.disable_adapter(), torch.no_grad():
         prototypes = towers.text_features(prompts["input_ids"], prompts["attention_mask"]).float()
     selector = ClassSelector(len(CLASSES), class_ratio, 50, 0.3, generator=torch.Generator().manual_seed(3))
-    mask_draws = torch.rand(len(CLASSES) - selector.num_top, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    rest = len(CLASSES) - selector.num_top
+    mask_draws = torch.rand(rest, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     selections = []
     select = selector.select
     selector.select = lambda *args: selections.append(select(*args)) or selections[-1]
@@ -128,7 +129,7 @@ def test_one_step_matches_the_authors_step(tmp_path, precision, class_ratio, tok
     if class_ratio == 0.9:
         assert len(kept) == len(CLASSES) - 1  # the single rank after the top K is never kept
     assert torch.equal(ours.targets, targets)
-    assert abs(float(ours.loss) - float(loss)) <= tol["loss"]
+    assert abs(ours.loss.item() - loss.item()) <= tol["loss"]
     assert float((ours.logits.float() - logits.float()).abs().max()) <= tol["logits"]
 
     ours.loss.backward()
@@ -177,7 +178,8 @@ def test_training_through_the_schedule_matches_the_authors_loop(tmp_path):
     data, seed, epochs = NoisyImages(), 0, 3
     lr, vision_lr, warmup_lr, class_ratio, token_drop = 0.02, 0.01, 0.005, 0.3, 0.3
     reference = reference_of(hf, prompts, "fp16_reference", top_ratio=class_ratio, drop_ratio=token_drop)
-    model = get_peft_model(copy.deepcopy(hf), SkipConfig(skip_layers=SKIP, class_ratio=class_ratio, token_drop=token_drop))
+    config = SkipConfig(skip_layers=SKIP, class_ratio=class_ratio, token_drop=token_drop)
+    model = get_peft_model(copy.deepcopy(hf), config)
     args = SkipTrainingArguments(
         output_dir=str(tmp_path),
         protocol="base_to_new",
@@ -210,7 +212,7 @@ def test_training_through_the_schedule_matches_the_authors_loop(tmp_path):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(batch)
+            total += loss.item() * len(batch)
             kept_counts.append(len(kept))
         losses.append(total / len(data))
         schedule.step()

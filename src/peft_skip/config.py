@@ -106,8 +106,8 @@ class SkipConfig(PeftConfig):
     token_drop_mode: TokenDropMode = field(
         default="reference",
         metadata={
-            "help": "reference (the authors'): drop ceil(r*T) of all T tokens, the same for the whole batch, the class "
-            "token included; per_image: drop floor(r*(T-1)) tokens after the class token, each image its own."
+            "help": "reference (the authors'): drop ceil(r*T) of all T tokens, the same for the whole batch, the "
+            "class token included; per_image: drop floor(r*(T-1)) tokens after the class token, each image its own."
         },
     )
     init_weights: bool = field(

@@ -88,9 +88,7 @@ def skip_tuning_loss(
         generator (`torch.Generator`, *optional*): Randomness of the token drop.
     """
     vision, text = towers.vision, towers.text
-    image_states = drop_tokens(
-        image_states, config.token_drop, generator, vision.class_tokens, config.token_drop_mode
-    )
+    image_states = drop_tokens(image_states, config.token_drop, generator, vision.class_tokens, config.token_drop_mode)
     hidden = vision.run_layers(image_states, config.tower_skip_layers("vision"), vision.num_layers)
     image_features = F.normalize(vision.pool(hidden), dim=-1)
     with torch.no_grad():

@@ -95,6 +95,10 @@ class Recipe:
         skip_layers, class_ratio, max_classes, class_decay, token_drop: LSkip / CSkip (`START_LAYER`, `TOP_RATIO`,
             `MAX_TOP`, `LAMBDA`, `DROP_RATIO`).
         image_size, interpolation, train_transforms, crop_scale: input pipeline (eval: resize + center crop).
+        image_decoding: `"dassl"`: image files opened with PIL and converted to RGB, nothing else (Dassl's
+            `read_image`: no EXIF rotation, transparency dropped).
+        token_drop_mode: `"reference"`: `drop_tokens` of `trainers/skip_tuning.py` (the same tokens for the batch,
+            the class token a candidate, `ceil`).
         image_cache_refresh: `"every_epoch"`: the reference re-extracts the layer-ω image states each epoch with
             that epoch's augmentation.
         test_batch_size: evaluation batch size.
@@ -138,6 +142,8 @@ class Recipe:
     interpolation: str = "bicubic"
     train_transforms: tuple[str, ...] = ("random_resized_crop", "random_flip", "normalize")
     crop_scale: tuple[float, float] = (0.08, 1.0)
+    image_decoding: str = "dassl"
+    token_drop_mode: str = "reference"
     image_cache_refresh: str = "every_epoch"
     test_batch_size: int = 100
     final_model: str = "last_epoch"

@@ -270,4 +270,5 @@ def recipe_train_config(protocol: str, dataset: str | None) -> dict:
     training = SkipTrainingArguments(output_dir="", protocol=protocol, recipe_dataset=dataset)
     options = {name: getattr(training, name) for name in _RECIPE_TRAIN_OPTIONS}
     method = {name: getattr(recipe, name) for name in ("skip_layers", "class_ratio", "max_classes", "class_decay")}
-    return options | method | {"token_drop": recipe.token_drop, "template": recipe.train_template}
+    drop = {"token_drop": recipe.token_drop, "token_drop_mode": recipe.token_drop_mode}
+    return options | method | drop | {"image_decoding": recipe.image_decoding, "template": recipe.train_template}

@@ -122,9 +122,7 @@ def _layer_names(hf: str, openai: str) -> dict[str, str]:
         "mlp.fc1": "mlp.c_fc",
         "mlp.fc2": "mlp.c_proj",
     }
-    return {
-        f"{hf}.{a}.{p}": f"{openai}.{b}.{p}" for a, b in names.items() for p in ("weight", "bias")
-    }
+    return {f"{hf}.{a}.{p}": f"{openai}.{b}.{p}" for a, b in names.items() for p in ("weight", "bias")}
 
 
 def openai_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -153,7 +151,8 @@ def openai_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
         "text_model.encoder.layers": "transformer.resblocks",
     }
     out = {fixed[k]: v for k, v in state.items() if k in fixed}
-    for projection, name in (("visual_projection.weight", "visual.proj"), ("text_projection.weight", "text_projection")):
+    projections = {"visual_projection.weight": "visual.proj", "text_projection.weight": "text_projection"}
+    for projection, name in projections.items():
         if projection in state:
             out[name] = state[projection].T
     for hf_prefix, openai_prefix in layer_prefixes.items():

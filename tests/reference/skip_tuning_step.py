@@ -9,8 +9,9 @@ Dassl's `ConstantWarmupScheduler`:
   output of blocks `[0, ω)` on token + position embeddings of every class's prompt, `(L, C, D)`.
 - Token drop draws `r = uniform(0, DROP_RATIO)` and drops `ceil(T * r)` positions of `randperm(T)`, the same for
   the whole batch; position 0, the class token, is a candidate like any other.
-- The deep image pass runs blocks `[ω, N)`, `ln_post` on the first remaining token and `@ proj`; the deep text pass
-  blocks `[ω, N)`, `ln_final` cast back to the model's dtype, the row at `argmax` of the token ids, `@ text_projection`.
+- The deep image pass runs blocks `[ω, N)`, `ln_post` on the first remaining token and `@ proj`; the deep text
+  pass blocks `[ω, N)`, `ln_final` cast back to the model's dtype, the row at `argmax` of the token ids,
+  `@ text_projection`.
 - Class selection (no gradients) as `select_classes`: the top `K` always, then a keep-mask over ranks drawn once, the
   labels remapped with `one_hot(labels)[:, kept].argmax(1)`.
 - The loss is the cross-entropy of `logit_scale.exp() * cos` in the model's dtype (float16 logits in fp16 mode).
