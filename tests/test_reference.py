@@ -192,6 +192,7 @@ def test_training_through_the_schedule_matches_the_authors_loop(tmp_path):
         disable_tqdm=True,
     )
     assert (args.precision, args.cache_dtype, args.warmup_epochs) == ("fp16_reference", "float16", 1)
+    assert SkipTrainingArguments(output_dir=str(tmp_path), precision="fp32").cache_dtype == "float32"
     result = SkipTrainer(model, args, data, prompts, flip_and_noise).train()
     # The reference's cache bytes: T x D float16 values per image.
     assert result.cache_bytes == len(data) * 17 * 128 * 2
