@@ -98,6 +98,17 @@ def test_storage_dtype_round_trip(tmp_path, dtype, atol, on_disk):
     assert cache.get(torch.tensor([2]), 0, dtype=dtype).dtype == dtype
 
 
+def test_cache_moved_to_the_device_reads_the_same_states_there(tmp_path, device):
+    cache = build(tiny_clip(), dtype=torch.float16, views=2)
+    moved = cache.to(device)
+    indices = torch.tensor([6, 1])
+    states = moved.get(indices, torch.tensor([1, 0]))
+    assert states.device.type == device.type and moved.shape == cache.shape and moved.nbytes == cache.nbytes
+    assert torch.equal(states.cpu(), cache.get(indices, torch.tensor([1, 0])))
+    with pytest.raises(ValueError, match="memory-mapped on disk; build it without cache_dir"):
+        build(tiny_clip(), cache_dir=tmp_path).to(device)
+
+
 def test_disk_cache_reopens_without_recomputation(tmp_path, caplog):
     model = tiny_clip()
     in_memory = build(model, views=2)
