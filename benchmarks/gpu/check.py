@@ -118,9 +118,9 @@ def cost_table(args: argparse.Namespace, work: str) -> dict:
 
     recipe = reference_recipe("base_to_new")
     if args.tiny:
-        # Two methods (compare.py's own tests run the others) keep the rehearsal near a minute.
+        # One method (compare.py's own tests run the others) keeps the rehearsal short.
         shape = "--arch tiny --classes 12 --shots 4 --epochs 2 --steps-per-epoch 1 --skip-layers 2 --threads 1"
-        shape += " --methods skip,coop"
+        shape += " --methods skip"
         half = "bf16"
     else:
         shape = "--arch vit-b-16 --classes 100 --shots 16 --epochs 3 --steps-per-epoch 20 --skip-layers 6"
