@@ -100,6 +100,7 @@ class SkipHFTrainer(Trainer):
             raise ValueError("SkipHFTrainer runs in one process; under `accelerate launch` use SkipTrainer.")
         self.model_accepts_loss_kwargs = False  # the loss is a batch mean: Trainer divides it for accumulation
         self.skip = SkipTrainer(model, skip_args, train_set, prompts, transform, accelerator=self.accelerator)
+        self._steps_per_epoch = math.ceil(len(self.skip._batches(epoch=0)) / args.gradient_accumulation_steps)
         self.eval_set, self.eval_prompts, self.eval_transform = eval_set, eval_prompts or prompts, eval_transform
         self._step: SkipTuningStep | None = None
         self._cache, self._cache_key = None, None
@@ -129,9 +130,7 @@ class SkipHFTrainer(Trainer):
         if key != self._cache_key:
             self._cache, self._cache_key = skip._image_cache(key), key
         # One token-drop generator per optimiser step, shared by its accumulated batches, as SkipTrainer's.
-        index = self.state.global_step - epoch * math.ceil(
-            len(skip._batches(0)) / self.args.gradient_accumulation_steps
-        )
+        index = self.state.global_step - epoch * self._steps_per_epoch
         if (epoch, index) != self._generator_key:
             self._generator, self._generator_key = seeded_generator(skip.args.seed, epoch, 0, index), (epoch, index)
         indices = inputs["index"].cpu()
