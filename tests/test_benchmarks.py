@@ -264,3 +264,29 @@ def test_profile_step_smoke(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["profile_step.py", *argv.split()])
     profile_step.main()
     assert "Self CPU time total" in capsys.readouterr().out
+
+
+def test_gpu_check_rehearsal_on_the_cpu(tmp_path):
+    """benchmarks/gpu/check.py --device cpu --tiny: every section of the GPU check runs and reports, so that the run
+    on the GPU machine is not its first."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "gpu"))
+    import check
+
+    report = check.main(["--device", "cpu", "--tiny", "--out", str(tmp_path)])
+    sections = report["sections"]
+    assert not [name for name, s in sections.items() if "error" in s or "left_out" in s]
+    precision = sections["precision"]
+    assert set(precision) >= {"fp32", "fp16_reference", "bf16"}
+    for name in ("fp16_reference", "bf16"):
+        assert precision[name]["loss_drift"] > 0 and precision[name]["update_drift"] > 0
+    rows = {r["label"]: r for r in sections["cost"]["rows"]}
+    assert set(rows) == {"skip", "skip bf16"} and sections["cost"]["recipe_epochs"] == 20
+    assert rows["skip"]["recipe_seconds"] > 20 * rows["skip"]["epoch_seconds"] > 0  # plus a cache build per epoch
+    steps = sections["options"]["steps"]
+    assert len(steps) == 6 and all("error" not in r and r["step_seconds"] > 0 for r in steps)
+    assert len(sections["options"]["cache_build"]) == 4
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["sections"].keys() == sections.keys()
+    text = (tmp_path / "results.md").read_text()
+    assert "| Skip Tuning | no | 239 | 404 |" in text and "torch.compile" in text
+    assert sorted(os.listdir(tmp_path / "cost")) == ["figure.png", "results.json", "results.md"]
