@@ -24,6 +24,7 @@ from .precision import to_reference_fp16
 from .preflight import check_images_readable, check_launch
 from .recipes import REFERENCE_DATASETS
 from .run_state import claim_output_dir
+from .tracking import eval_scalars, start_tracking
 from .trainer import SkipTrainer, make_accelerator
 from .training_args import SkipTrainingArguments
 
@@ -87,7 +88,7 @@ def _train_and_evaluate(
 
     if training.disable_tqdm:
         transformers.utils.logging.disable_progress_bar()
-    accelerator = make_accelerator(training.mixed_precision)
+    accelerator = make_accelerator(training.mixed_precision, training.report_to, training.output_dir)
     say = accelerator.print
     recipe = training.recipe()
     if data.data in REFERENCE_DATASETS and training.recipe_dataset != data.data:
@@ -128,9 +129,11 @@ def _train_and_evaluate(
     trainer = SkipTrainer(model, training, train_set, prompts, transform, accelerator=accelerator)
     if training.resume_from_checkpoint:
         trainer.check_resume()  # another run's checkpoint is refused before the zero-shot evaluation
+    tracking = start_tracking(accelerator, training, config)  # started here to report the evaluations too
     with model.disable_adapter():
         zero_shot = evaluate()
     say(f"zero-shot accuracy (base model): {summary(zero_shot)}")
+    accelerator.log(eval_scalars(zero_shot), step=0)
     with torch.autograd.set_detect_anomaly(training.detect_anomaly):
         result = trainer.train()
     say(
@@ -138,6 +141,7 @@ def _train_and_evaluate(
         f"total; training {result.train_seconds:.1f} s"
     )
     tuned = evaluate()
+    accelerator.log(eval_scalars(tuned), step=training.num_train_epochs)
     say(f"zero-shot accuracy (base model): {summary(zero_shot)}")
     say(f"Skip Tuning accuracy:            {summary(tuned)}")
     metrics = {
@@ -160,6 +164,8 @@ def _train_and_evaluate(
         say(f"adapter and metrics.json written to {training.output_dir}")
         if repo_id:
             say(f"uploaded to the Hub: {push_adapter(training.output_dir, repo_id)}")
+    if tracking:
+        accelerator.end_training()
     return metrics
 
 
