@@ -169,17 +169,21 @@ def _train_and_evaluate(
     return metrics
 
 
+def load_saved_adapter(model, adapter_dir: str):
+    """`model` with the Skip Tuning adapter saved in `adapter_dir`, read with Skip Tuning's own checks (peft's reader
+    would fail on a broken file without naming it)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, adapter_dir, config=SkipConfig.from_pretrained(adapter_dir))
+
+
 def evaluate_saved(model_args: ModelArguments, data: DataArguments, eval_args: EvalArguments) -> dict:
     """Accuracy of the base model, or with the adapter `eval_args.adapter`; written to `eval_args.output_dir`'s
     `eval_results.json` when given, else printed."""
     accelerator = make_accelerator()
     model, processor = load_model(model_args, accelerator.print)
     if eval_args.adapter is not None:
-        from peft import PeftModel
-
-        # Read with Skip Tuning's own checks: peft's reader would fail on a broken file without naming it.
-        config = SkipConfig.from_pretrained(eval_args.adapter)
-        model = PeftModel.from_pretrained(model, eval_args.adapter, config=config)
+        model = load_saved_adapter(model, eval_args.adapter)
     if eval_args.precision == "fp16_reference":
         to_reference_fp16(model)
     model.to(accelerator.device)
