@@ -4,7 +4,8 @@ tasks with the world CLIP pretrained here.
     python benchmarks/lowrank.py --runs runs/world --out docs/benchmarks/lowrank
 
 Every task is trained as the README's main job does (`peft-skip train --config examples/world.yaml --data
-world:<task>`, through `world_few_shot.run_task`; a task whose run is already in `--runs` is reused). Its adapter is
+world:<task>`, through `world_few_shot.run_task`; a task whose run, or whose scores with the same ranks and test
+images, are already in `--runs` is reused). Its adapter is
 then scored as it is (the full delta) and as a LoRA adapter of each rank, loaded by plain peft, on every test image.
 Writes `results.json`, `results.md` and `figure.png` (accuracy against adapter size) to `--out`.
 """
@@ -51,7 +52,13 @@ class LowRankArguments:
 
 def score_task(task: str, args: LowRankArguments) -> dict:
     """The test accuracy of a task's Skip Tuning adapter and of its LoRA exports, with their sizes in bytes."""
-    adapter = os.path.join(args.runs, task)
+    adapter, scores = os.path.join(args.runs, task), os.path.join(args.runs, f"{task}-lowrank.json")
+    settings = {"ranks": args.ranks, "test_limit": args.test_limit}
+    if os.path.exists(scores):
+        with open(scores, encoding="utf-8") as f:
+            saved = json.load(f)
+        if saved["settings"] == settings and os.path.getmtime(scores) > os.path.getmtime(adapter):
+            return saved["rows"]
     if not os.path.exists(os.path.join(adapter, WEIGHTS)):
         run_task(task, WorldSuiteArguments(config=args.config, out=args.runs))
     with open(args.config, encoding="utf-8") as f:
@@ -75,6 +82,8 @@ def score_task(task: str, args: LowRankArguments) -> dict:
         lora = PeftModel.from_pretrained(AutoModel.from_pretrained(model_path), lora_dir)
         rows[str(rank)] = {"accuracy": accuracy(lora), "bytes": report["bytes"], "energy": report["energy"]}
         print(f"{task}: rank {rank}: {rows[str(rank)]['accuracy']:.2%} (full delta: {rows['full']['accuracy']:.2%})")
+    with open(scores, "w", encoding="utf-8") as f:
+        json.dump({"settings": settings, "rows": rows}, f)
     return rows
 
 
