@@ -117,11 +117,15 @@ def figure(results: dict[str, dict], path: str) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for task, rows in results.items():
         variants = sorted(rows, key=lambda v: rows[v]["bytes"])
-        line = ax.plot([rows[v]["bytes"] / 2**20 for v in variants], [100 * rows[v]["accuracy"] for v in variants])
+        sizes, accuracies = [rows[v]["bytes"] / 2**20 for v in variants], [100 * rows[v]["accuracy"] for v in variants]
+        line = ax.plot(sizes, accuracies, marker=".")
         ax.scatter(rows["full"]["bytes"] / 2**20, 100 * rows["full"]["accuracy"], color=line[0].get_color())
         ax.annotate(task, (rows["full"]["bytes"] / 2**20, 100 * rows["full"]["accuracy"]), fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("adapter size, MiB (float32; the dot: the Skip Tuning adapter, the rest: LoRA exports)")
+    ticks = sorted({rows[v]["bytes"] / 2**20 for rows in results.values() for v in rows})
+    ax.set_xticks(ticks, [f"{t:.2f}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("adapter size, MiB, float32 (large dot: Skip Tuning; small: LoRA r = 4, 16, 64, 128)")
     ax.set_ylabel("test accuracy, %")
     ax.set_title("World CLIP: Skip Tuning deltas as LoRA adapters of decreasing rank")
     fig.tight_layout()
