@@ -219,6 +219,25 @@ def test_world_suite_runs_peft_skip_train_per_task(tmp_path):
     assert "| `lighting` |" in (tmp_path / "results.md").read_text()
 
 
+def test_lowrank_scores_the_full_delta_and_each_rank(tmp_path):
+    """One world task, shrunk to 2 shots and 1 epoch: LoRA at the world CLIP's full rank (128) scores as the delta."""
+    import lowrank
+    import yaml
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = yaml.safe_load(open(os.path.join(root, "examples", "world.yaml"), encoding="utf-8"))
+    config |= {"model": os.path.join(root, config["model"]), "shots": 2, "num_train_epochs": 1, "test_limit": 40}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    argv = ["--tasks", "lighting", "--ranks", "128", "2", "--config", str(tmp_path / "run.yaml"), "--test_limit", "40"]
+    lowrank.main([*argv, "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["results"]["lighting"]
+    assert rows["128"]["accuracy"] == rows["full"]["accuracy"] and rows["128"]["energy"] == pytest.approx(1.0)
+    # Full rank costs more than the delta itself: r (in + out) > in x out for square weights.
+    assert rows["2"]["bytes"] < rows["full"]["bytes"] < rows["128"]["bytes"] and rows["2"]["energy"] < 1
+    assert "| `lighting` |" in (tmp_path / "out" / "results.md").read_text()
+    assert (tmp_path / "out" / "figure.png").stat().st_size > 0
+
+
 def test_seeds_summary_gathers_every_group(tmp_path):
     for group, accuracy in (("combos-few-shot", 0.7), ("lighting-few-shot", 0.9)):
         (tmp_path / group).mkdir()
