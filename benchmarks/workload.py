@@ -43,7 +43,7 @@ def training_images(data: str, num_classes: int, shots: int, seed: int) -> tuple
     split = load_fashion_mnist("train")
     real = len(split.class_names)
     if num_classes <= real:
-        split = subset_classes(split, range(num_classes))
+        split = subset_classes(split, split.class_names[:num_classes])
         return split, sample_few_shot(split, shots, seed), False
     by_class = [[i for i, label in enumerate(split.labels) if label == c] for c in range(real)]
     rng = random.Random(seed)
@@ -114,9 +114,9 @@ def build_workload(
     evaluation = evaluation_images(split, train, data, eval_on)
     if eval_on == "held-out" and len(evaluation) == 0:
         raise ValueError(f"--shots {shots} draws every training image of {data}: lower it to leave some held out.")
-    groups = {"all": list(range(len(train.class_names)))}
+    groups = {"all": list(train.class_names)}
     if base_to_new:
-        groups = dict(zip(("base", "new"), split_base_new(train.class_names), strict=True))
+        groups = dict(zip(("base", "new"), split_base_new(train), strict=True))
         train = subset_classes(train, groups["base"])
     transform = ImageTransform.from_processor(processor, train=False)
 
@@ -141,7 +141,7 @@ def build_workload(
     eval_sets = {}
     for name, classes in groups.items():
         images = _sample(subset_classes(evaluation, classes), eval_images, seed)
-        class_names = [evaluation.class_names[c] for c in classes]
+        class_names = list(classes)
         eval_sets[name] = {
             "prompts": tokenize(class_names, TEMPLATE),
             "name_prompts": tokenize(class_names, "{}."),

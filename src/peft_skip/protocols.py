@@ -25,9 +25,10 @@ from typing import Literal
 import torch
 
 from .config import SkipConfig
-from .data import ImageTransform
+from .data import ImageTransform, short_classes, split_base_new, subset_classes
+from .data.splits import check_shots
 from .data.coop import COOP_DATASETS, coop_folder, load_coop_dataset
-from .data.coop_fewshot import base_new_classes, coop_few_shot, subsample_classes
+from .data.coop_fewshot import coop_few_shot
 from .data.coop_splits import dataset_folder
 from .evaluation import evaluate_protocol, tokenize_classes
 from .offline import has_random_weights
@@ -191,23 +192,24 @@ def _load_results(args: BenchmarkArguments, settings: dict) -> dict:
 
 
 def _train(args: BenchmarkArguments, method: dict, dataset: str, seed: int, accelerator):
-    """Trains (or resumes) the model of `dataset` and `seed`; returns it, its processor and the base/new classes."""
+    """Trains (or resumes) the model of `dataset` and `seed`; returns it, its processor, the base/new classes, the
+    training result and the classes the draw kept whole with fewer than `shots` images."""
     from peft import get_peft_model
     from transformers import AutoModel, AutoProcessor
 
     recipe = reference_recipe(args.protocol, dataset)
     directory = os.path.join(args.output_dir, dataset)
     train, _ = coop_few_shot(dataset, args.data_root, args.shots, seed, directory)
-    base_new = base_new_classes(train.labels) if recipe.train_classes == "base" else None
+    base_new = split_base_new(train) if recipe.train_classes == "base" else None
     if base_new is not None:
-        (train,) = subsample_classes(train, subsample="base")
+        train = subset_classes(train, base_new[0])
     processor = AutoProcessor.from_pretrained(args.model)
     model = get_peft_model(AutoModel.from_pretrained(args.model).eval(), SkipConfig(**method))
     prompts = tokenize_classes(model, processor.tokenizer, train.class_names, recipe.train_template)
     training = cell_training_arguments(args, dataset, seed, os.path.join(directory, f"seed{seed}"))
     transform = ImageTransform.from_processor(processor, train=True, scale=(training.crop_min_area, 1.0))
     result = SkipTrainer(model, training, train, prompts, transform, accelerator=accelerator).train()
-    return model, processor, base_new, result
+    return model, processor, base_new, result, short_classes(train, args.shots)
 
 
 def _evaluate(args: BenchmarkArguments, model, processor, cell: Cell, base_new) -> dict:
@@ -243,6 +245,8 @@ def run_benchmark(args: BenchmarkArguments, method: dict) -> dict:
     cells = plan_cells(args)
     for name in dict.fromkeys(n for cell in cells for n in (cell.dataset, cell.train_dataset)):
         dataset_folder(args.data_root, coop_folder(name))  # missing data fails before any training
+    for name in dict.fromkeys(cell.train_dataset for cell in cells):
+        check_shots(load_coop_dataset(name, args.data_root, "train"), args.shots)  # so do shots it cannot give
     settings = {
         "model": args.model,
         "shots": args.shots,
@@ -270,7 +274,7 @@ def run_benchmark(args: BenchmarkArguments, method: dict) -> dict:
         started = time.perf_counter()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        model, processor, base_new, trained = _train(args, method, train_dataset, seed, accelerator)
+        model, processor, base_new, trained, short = _train(args, method, train_dataset, seed, accelerator)
         if has_random_weights(model.get_base_model()) and not results.get("random_weights"):
             results["random_weights"] = True
             say(f"NOTE: {args.model} has RANDOM weights: the accuracies below check the mechanics, nothing more.")
@@ -283,6 +287,7 @@ def run_benchmark(args: BenchmarkArguments, method: dict) -> dict:
                 "train_seconds": trained.train_seconds if cell is todo[0] else 0.0,
                 "resumed_from_epoch": trained.resumed_from_epoch,
                 "epochs": len(trained.history) + trained.resumed_from_epoch,
+                "short_classes": short,
                 "peak_memory_mb": memory,
                 "memory_measure": measure,
                 "num_processes": accelerator.num_processes,
