@@ -75,6 +75,7 @@ def test_base_to_new_end_to_end(data_root, tiny_model, tmp_path, trained, monkey
         assert {"base", "new", "hm", "seconds", "peak_memory_mb"} <= set(record) and "accuracy" not in record
         assert 0 <= record["base"] <= 100 and record["num_images"] == 4 * 2  # 4 classes x 2 test images
         assert record["hm"] == pytest.approx(peft_skip.evaluation.harmonic_mean(record["base"], record["new"]))
+        assert record["short_classes"] == {}  # 4 shots of 4 images per class
     assert sorted(p.name for p in (out / "eurosat").iterdir()) == ["seed1", "seed2", "split_fewshot"]
     assert (out / "eurosat" / "seed2" / "adapter_model.safetensors").exists()
 
@@ -171,6 +172,14 @@ def test_plan_and_arguments():
 def test_missing_data_fails_before_training(tiny_model, tmp_path, trained):
     command = _benchmark("few_shot", "dtd", "1", tiny_model, str(tmp_path), tmp_path / "out")
     assert main(command) == 2 and trained == []
+
+
+def test_shots_no_class_can_give_are_refused_before_training(data_root, tiny_model, tmp_path, trained, capsys):
+    # The miniature has 4 training images per class: `--shots 100` would train 4-shot while recording 100.
+    command = _benchmark("few_shot", "eurosat", "1", tiny_model, data_root, tmp_path / "out") + ["--shots", "100"]
+    assert main(command) == 2 and trained == []
+    assert "--shots 100 asked but no class has more than 4 images" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "results.json").exists()
 
 
 def test_summary_mean_std_and_averages():
