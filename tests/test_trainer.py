@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import os
 import subprocess
@@ -27,8 +28,8 @@ from peft_skip.training_args import SkipTrainingArguments
 NUM_CLASSES = 3
 
 
-class TensorImages:
-    """A data set of random 32x32 images with the `ImageDataset` interface the trainer uses."""
+class UnidentifiedImages:
+    """A data set of random 32x32 images with the `ImageDataset` interface the trainer uses, but no fingerprint."""
 
     def __init__(self, per_class: int = 4, num_classes: int = NUM_CLASSES, seed: int = 0) -> None:
         self.class_names = [f"class {c}" for c in range(num_classes)]
@@ -40,6 +41,13 @@ class TensorImages:
 
     def image(self, i: int) -> torch.Tensor:
         return self.pixels[i]
+
+
+class TensorImages(UnidentifiedImages):
+    """The same, with the fingerprint that resuming and a cache directory need to tell data sets apart."""
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.pixels.numpy().tobytes() + bytes(self.labels)).hexdigest()[:16]
 
 
 def identity(image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -400,6 +408,24 @@ def test_bad_inputs(tmp_path):
         SkipTrainer(
             skip_model(), SkipTrainingArguments(output_dir=str(tmp_path)), TensorImages(), text_batch(5), identity
         )
+
+
+def test_a_data_set_without_fingerprint_can_neither_resume_nor_use_a_cache_dir(tmp_path):
+    train(skip_model(), tmp_path / "plain", data=UnidentifiedImages(), num_train_epochs=1)  # trains without either
+    for option in ({"resume_from_checkpoint": True}, {"cache_dir": str(tmp_path / "cache")}):
+        arguments = SkipTrainingArguments(output_dir=str(tmp_path / "run"), precision="fp32", **option)
+        with pytest.raises(ValueError, match="has no fingerprint\\(\\), so it cannot resume or use cache_dir") as err:
+            SkipTrainer(skip_model(), arguments, UnidentifiedImages(), prompts(), identity)
+        assert "\n" not in str(err.value)
+    trainer = SkipTrainer(
+        skip_model(),
+        SkipTrainingArguments(output_dir=str(tmp_path / "plain")),
+        UnidentifiedImages(),
+        prompts(),
+        jitter,
+    )
+    with pytest.raises(ValueError, match="cannot resume"):
+        trainer.train(resume_from_checkpoint=True)
 
 
 DISTRIBUTED = os.path.join(os.path.dirname(__file__), "distributed_train.py")

@@ -97,7 +97,8 @@ def run_identity(args, config, train_set, prompts: dict[str, torch.Tensor]) -> d
             (`train_set.fingerprint()`).
         prompts (`dict[str, torch.Tensor]`): The tokenised prompts (template and class names).
     """
-    data = train_set.fingerprint() if hasattr(train_set, "fingerprint") else len(train_set)
+    # No fingerprint: `SkipTrainer` refuses to resume such a run, so its identity needs none.
+    data = train_set.fingerprint() if hasattr(train_set, "fingerprint") else None
     digest = hashlib.sha256()
     for name in sorted(prompts):
         digest.update(name.encode() + prompts[name].cpu().to(torch.int64).numpy().tobytes())
