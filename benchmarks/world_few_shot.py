@@ -67,7 +67,9 @@ def run_task(task: str, args: WorldSuiteArguments) -> dict:
 
 def _chance(task: str, base_to_new: bool) -> dict[str, float]:
     test = load_world_task(task, "test")  # cached: the run has just loaded it
-    groups = dict(zip(("base", "new"), split_base_new(test), strict=True)) if base_to_new else {"all": test.class_names}
+    groups = {"all": test.class_names}
+    if base_to_new:
+        groups = dict(zip(("base", "new"), split_base_new(test), strict=True))
     return {name: 1 / len(members) for name, members in groups.items()}
 
 

@@ -83,8 +83,8 @@ def test_base_to_new_refuses_train_and_test_folders_with_different_classes(tiny_
     write_folder(tmp_path / "data" / "train", {"a": 2, "b": 2, "c": 2, "d": 2})
     write_folder(tmp_path / "data" / "test", {"a": 1, "c": 1, "d": 1})
     monkeypatch.setattr(peft_skip.experiment, "load_model", lambda *args: pytest.fail("refused after loading"))
-    args = ["train", "--model", tiny_model, "--data", str(tmp_path / "data"), "--shots", "2", "--preset", "base_to_new"]
-    assert main([*args, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    args = ["train", "--model", tiny_model, "--data", str(tmp_path / "data"), "--shots", "2"]
+    assert main([*args, "--preset", "base_to_new", "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     error = capsys.readouterr().err
     assert "test split lacks ['b'] and adds []" in error and error.count("\n") == 1
 

@@ -26,10 +26,10 @@ import torch
 
 from .config import SkipConfig
 from .data import ImageTransform, short_classes, split_base_new, subset_classes
-from .data.splits import check_shots
 from .data.coop import COOP_DATASETS, coop_folder, load_coop_dataset
 from .data.coop_fewshot import coop_few_shot
 from .data.coop_splits import dataset_folder
+from .data.splits import check_shots
 from .evaluation import evaluate_protocol, tokenize_classes
 from .offline import has_random_weights
 from .recipes import CROSS_DATASET_TARGETS, DOMAIN_SHIFT_DATASETS, TRAIN_DATASETS, reference_recipe

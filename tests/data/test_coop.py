@@ -261,6 +261,7 @@ def test_base_new_after_few_shot_as_in_coop(root):
     base, new = split_base_new(few_train)
     base_train, base_test = subset_classes(few_train, base), subset_classes(test, base)
     new_train, new_test = subset_classes(few_train, new), subset_classes(test, new)
+    assert new_train.class_names == new_test.class_names
     assert base_train.class_names == ["Annual Crop Land", "Forest"]
     assert new_test.class_names == ["Herbaceous Vegetation Land", "Highway or Road"]
     assert base_test.labels == [0, 0, 1, 1] and new_test.labels == [0, 0, 1, 1]

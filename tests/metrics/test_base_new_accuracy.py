@@ -61,6 +61,7 @@ def test_the_metric_and_the_package_compute_the_same_harmonic_mean(metric):
 def test_the_metric_module_is_self_contained():
     """`evaluate.load` imports the file from its own cache: it must not import the package."""
     source = Path(base_new_accuracy_path(), "base_new_accuracy.py").read_text()
-    imported = {alias.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)}
+    nodes = list(ast.walk(ast.parse(source)))
+    imported = {alias.name for node in nodes if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in nodes if isinstance(node, ast.ImportFrom)}
     assert imported == {"datasets", "evaluate"}
