@@ -361,6 +361,44 @@ def test_resume_equals_uninterrupted(tmp_path, cache_mode, schedule, precision):
         train(skip_model(), tmp_path / "b", resume=True, **{**run, "learning_rate": 0.5})
 
 
+def with_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` with attention dropout: a step draws from torch's global generator."""
+    for module in model.modules():
+        if isinstance(getattr(module, "dropout", None), float):
+            module.dropout = 0.3
+    return model
+
+
+def test_resume_with_dropout_equals_uninterrupted_without_a_saved_random_state(tmp_path):
+    run = dict(num_train_epochs=2, precision="fp32")
+    uninterrupted = with_dropout(skip_model())
+    train(uninterrupted, tmp_path / "a", **run)
+    without_dropout = train(skip_model(), tmp_path / "c", **run).model
+    projection = "base_model.model.visual_projection.skip_delta.weight"
+    assert not torch.equal(deltas(uninterrupted)[projection], deltas(without_dropout)[projection])  # dropout acts
+
+    interrupted = with_dropout(skip_model())
+    calls = 0
+
+    def crash_in_second_epoch(module, inputs, output):
+        nonlocal calls
+        calls += 1
+        if calls == 3 + 2:  # 3 steps per epoch
+            raise KeyboardInterrupt
+
+    hook = interrupted.base_model.model.visual_projection.register_forward_hook(crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, tmp_path / "b", **run)
+    hook.remove()
+    resumed = with_dropout(skip_model())
+    torch.manual_seed(123)  # whatever the global generator holds when the run resumes
+    train(resumed, tmp_path / "b", resume=True, **run)
+    for name, expected in deltas(uninterrupted).items():
+        torch.testing.assert_close(deltas(resumed)[name], expected, rtol=0, atol=1e-6, msg=name)
+    state = torch.load(tmp_path / "b" / "checkpoints" / "epoch-0002" / "trainer_state.pt", weights_only=True)
+    assert set(state) == {"epoch", "identity", "optimizer", "scheduler"}
+
+
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
     model = skip_model()
     calls = 0

@@ -208,6 +208,8 @@ class SkipTrainer:
         started = time.perf_counter()
         for epoch in range(result.resumed_from_epoch, args.num_train_epochs):
             epoch_start = time.perf_counter()
+            # Whatever draws from torch's global generator (a model's dropout) draws the same in a resumed epoch.
+            torch.manual_seed(seeded_generator(args.seed, epoch, accelerator.process_index).initial_seed())
             if args.cache_mode == "paper" or cache is None:
                 cache = self._image_cache(epoch if args.cache_mode == "paper" else -1)
                 result.cache_seconds += time.perf_counter() - epoch_start
