@@ -76,17 +76,26 @@ class BenchmarkArguments:
         "Comma-separated dataset names; default: the protocol's (the 11 training datasets; for cross_dataset and "
         "domain_generalization the targets, ImageNet being always tested as the source).",
     )
-    seeds: str = _arg("1,2,3", "Comma-separated seeds; each (dataset, seed) is one cell.")
+    seeds: str | None = _arg(
+        None, "Comma-separated seeds; each (dataset, seed) is one cell (default: the recipe's, 1,2,3)."
+    )
     shots: int = _arg(16, "Training images per class (the paper: 16; few-shot also 1, 2, 4, 8).")
     num_train_epochs: int | None = _arg(None, "Epochs of every cell (default: the reference recipe's).", "--epochs")
     learning_rate: float | None = _arg(None, "Peak learning rate (default: the reference recipe's).", "--lr")
     mixed_precision: Literal["no", "bf16", "fp16"] = _arg("no", "bf16 (CPU or GPU) or fp16 (GPU) autocast.")
-    per_device_eval_batch_size: int = _arg(100, "Images per forward pass when evaluating.", "--eval-batch-size")
+    per_device_eval_batch_size: int | None = _arg(
+        None, "Images per forward pass when evaluating (default: the recipe's, 100).", "--eval-batch-size"
+    )
     disable_tqdm: bool = _arg(False, "No progress bars (the one line per cell stays).", "--no-progress")
 
     def __post_init__(self) -> None:
         if self.protocol not in DEFAULT_DATASETS:
             raise ValueError(f"protocol={self.protocol!r} is invalid; expected one of {', '.join(DEFAULT_DATASETS)}.")
+        recipe = reference_recipe(self.protocol)
+        if self.seeds is None:
+            self.seeds = ",".join(str(seed) for seed in recipe.seeds)
+        if self.per_device_eval_batch_size is None:
+            self.per_device_eval_batch_size = recipe.test_batch_size
         unknown = [name for name in self.dataset_names() if name not in COOP_DATASETS]
         if unknown:
             raise ValueError(f"Unknown datasets {unknown} in --datasets: choose from {', '.join(COOP_DATASETS)}.")

@@ -33,7 +33,15 @@ def make_optimizer(model: nn.Module, args: SkipTrainingArguments) -> torch.optim
     ]
     groups = [group for group in groups if group["params"]]
     if args.optim == "sgd":
-        return torch.optim.SGD(groups, lr=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay)
+        recipe = args.recipe()
+        return torch.optim.SGD(
+            groups,
+            lr=args.learning_rate,
+            momentum=args.momentum,
+            weight_decay=args.weight_decay,
+            nesterov=recipe.nesterov,
+            dampening=recipe.dampening,
+        )
     return torch.optim.AdamW(groups, lr=args.learning_rate, weight_decay=args.weight_decay)
 
 

@@ -99,10 +99,10 @@ class SkipTrainingArguments:
         "views once and train epoch e on view e %% views.",
     )
     views: int = _arg(4, "Augmented views of cache_mode 'views'.")
-    crop_min_area: float = _arg(
-        0.08,
-        "Smallest area of the training augmentation's random resized crop, as a fraction of the image (the "
-        "reference's 0.08); 1 keeps whole images (flips only), for images whose size or position is what classifies.",
+    crop_min_area: float | None = _arg(
+        None,
+        "Smallest area of the training augmentation's random resized crop, as a fraction of the image (default: "
+        "the recipe's, 0.08); 1 keeps whole images (flips only), for images whose size or position classifies.",
     )
     cache_dtype: StorageDtype = _arg("float32", "Storage dtype of the image cache.")
     cache_dir: str | None = _arg(None, "Memory-map the image cache to this directory instead of keeping it in RAM.")
@@ -216,6 +216,7 @@ class SkipTrainingArguments:
             "momentum": recipe.momentum,
             "weight_decay": recipe.weight_decay,
             "dataloader_drop_last": recipe.drop_last,
+            "crop_min_area": recipe.crop_scale[0],
         }
         for name, value in from_recipe.items():
             if getattr(self, name) is None:
