@@ -9,11 +9,13 @@ import pytest
 from coop_miniature import IMAGENET_CLASSES, SPLIT_FILE_CLASSES, write_coop_miniature
 
 import peft_skip.evaluation
+import peft_skip.protocols
 import peft_skip.trainer
 from peft_skip.cli import main
 from peft_skip.offline import make_offline_model
 from peft_skip.protocol_report import results_markdown, summarise
 from peft_skip.protocols import BenchmarkArguments, Cell, cell_training_arguments, plan_cells
+from peft_skip.recipes import reference_recipe
 from peft_skip.trainer import SkipTrainer
 
 DATASETS = ("imagenet", "caltech101", "eurosat")
@@ -61,6 +63,14 @@ def test_base_to_new_end_to_end(data_root, tiny_model, tmp_path, trained, monkey
         return original(model, dataset, *args, **kwargs)
 
     monkeypatch.setattr(peft_skip.evaluation, "evaluate_accuracy", spy)
+    batch_sizes = []
+    evaluate_protocol = peft_skip.protocols.evaluate_protocol
+
+    def protocol_spy(*args):
+        batch_sizes.append(args[-1])
+        return evaluate_protocol(*args)
+
+    monkeypatch.setattr(peft_skip.protocols, "evaluate_protocol", protocol_spy)
     out = tmp_path / "b2n"
     assert main(_benchmark("base_to_new", "caltech101,eurosat", "1,2", tiny_model, data_root, out)) == 0
 
@@ -76,6 +86,7 @@ def test_base_to_new_end_to_end(data_root, tiny_model, tmp_path, trained, monkey
         assert 0 <= record["base"] <= 100 and record["num_images"] == 4 * 2  # 4 classes x 2 test images
         assert record["hm"] == pytest.approx(peft_skip.evaluation.harmonic_mean(record["base"], record["new"]))
         assert record["short_classes"] == {}  # 4 shots of 4 images per class
+    assert batch_sizes == [reference_recipe("base_to_new", "eurosat").test_batch_size] * 4  # the recipe's, 100
     assert sorted(p.name for p in (out / "eurosat").iterdir()) == ["seed1", "seed2", "split_fewshot"]
     assert (out / "eurosat" / "seed2" / "adapter_model.safetensors").exists()
 

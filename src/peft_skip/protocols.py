@@ -25,11 +25,10 @@ from typing import Literal
 import torch
 
 from .config import SkipConfig
-from .data import ImageTransform, short_classes, split_base_new, subset_classes
+from .data import ImageTransform, check_shots, short_classes, split_base_new, subset_classes
 from .data.coop import COOP_DATASETS, coop_folder, load_coop_dataset
 from .data.coop_fewshot import coop_few_shot
 from .data.coop_splits import dataset_folder
-from .data.splits import check_shots
 from .evaluation import evaluate_protocol, tokenize_classes
 from .offline import has_random_weights
 from .recipes import CROSS_DATASET_TARGETS, DOMAIN_SHIFT_DATASETS, TRAIN_DATASETS, reference_recipe
@@ -76,9 +75,7 @@ class BenchmarkArguments:
         "Comma-separated dataset names; default: the protocol's (the 11 training datasets; for cross_dataset and "
         "domain_generalization the targets, ImageNet being always tested as the source).",
     )
-    seeds: str | None = _arg(
-        None, "Comma-separated seeds; each (dataset, seed) is one cell (default: the recipe's, 1,2,3)."
-    )
+    seeds: str | None = _arg(None, "Comma-separated seeds, a cell per (dataset, seed) (default: the recipe's).")
     shots: int = _arg(16, "Training images per class (the paper: 16; few-shot also 1, 2, 4, 8).")
     num_train_epochs: int | None = _arg(None, "Epochs of every cell (default: the reference recipe's).", "--epochs")
     learning_rate: float | None = _arg(None, "Peak learning rate (default: the reference recipe's).", "--lr")
@@ -91,11 +88,6 @@ class BenchmarkArguments:
     def __post_init__(self) -> None:
         if self.protocol not in DEFAULT_DATASETS:
             raise ValueError(f"protocol={self.protocol!r} is invalid; expected one of {', '.join(DEFAULT_DATASETS)}.")
-        recipe = reference_recipe(self.protocol)
-        if self.seeds is None:
-            self.seeds = ",".join(str(seed) for seed in recipe.seeds)
-        if self.per_device_eval_batch_size is None:
-            self.per_device_eval_batch_size = recipe.test_batch_size
         unknown = [name for name in self.dataset_names() if name not in COOP_DATASETS]
         if unknown:
             raise ValueError(f"Unknown datasets {unknown} in --datasets: choose from {', '.join(COOP_DATASETS)}.")
@@ -115,7 +107,8 @@ class BenchmarkArguments:
         return list(dict.fromkeys(name.strip() for name in self.datasets.split(",") if name.strip()))
 
     def seed_list(self) -> list[int]:
-        return list(dict.fromkeys(int(seed) for seed in self.seeds.split(",") if seed.strip()))
+        seeds = self.seeds.split(",") if self.seeds is not None else reference_recipe(self.protocol).seeds
+        return list(dict.fromkeys(int(seed) for seed in seeds if str(seed).strip()))
 
 
 @dataclass(frozen=True)
@@ -202,7 +195,7 @@ def _load_results(args: BenchmarkArguments, settings: dict) -> dict:
 
 def _train(args: BenchmarkArguments, method: dict, dataset: str, seed: int, accelerator):
     """Trains (or resumes) the model of `dataset` and `seed`; returns it, its processor, the base/new classes, the
-    training result and the classes the draw kept whole with fewer than `shots` images."""
+    training result and the short classes (kept whole with fewer than `shots` images)."""
     from peft import get_peft_model
     from transformers import AutoModel, AutoProcessor
 
@@ -223,10 +216,10 @@ def _train(args: BenchmarkArguments, method: dict, dataset: str, seed: int, acce
 
 def _evaluate(args: BenchmarkArguments, model, processor, cell: Cell, base_new) -> dict:
     test = load_coop_dataset(cell.dataset, args.data_root, "test")
-    template = reference_recipe(args.protocol, cell.dataset).template
+    recipe = reference_recipe(args.protocol, cell.dataset)
     transform = ImageTransform.from_processor(processor, train=False)
-    tokenizer, batch_size = processor.tokenizer, args.per_device_eval_batch_size
-    result = evaluate_protocol(model, tokenizer, test, transform, template, base_new, batch_size)
+    tokenizer, batch_size = processor.tokenizer, args.per_device_eval_batch_size or recipe.test_batch_size
+    result = evaluate_protocol(model, tokenizer, test, transform, recipe.template, base_new, batch_size)
     if base_new is None:
         return {"accuracy": 100 * result["accuracy"], "num_images": result["num_images"]}
     return {

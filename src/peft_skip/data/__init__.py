@@ -18,7 +18,7 @@ from .builtin import DIGITS_CLASSES, FASHION_MNIST_CLASSES, load_digits, load_fa
 from .dataset import ImageDataset, ImageSource, read_image, to_rgb
 from .loaders import IMAGE_EXTENSIONS, from_hf_dataset, load_dataset_spec, load_hf_dataset, load_image_folder
 from .prompts import TEMPLATES, build_prompts
-from .splits import sample_few_shot, short_classes, split_base_new, subset_classes
+from .splits import check_shots, sample_few_shot, short_classes, split_base_new, subset_classes
 from .transforms import ImageTransform
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "ImageSource",
     "ImageTransform",
     "build_prompts",
+    "check_shots",
     "from_hf_dataset",
     "load_dataset_spec",
     "load_digits",
