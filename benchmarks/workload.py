@@ -64,8 +64,11 @@ def evaluation_images(split: ImageDataset, shots: ImageDataset, data: str, eval_
         drawn = set(shots.items)
         return split.subset([i for i, item in enumerate(split.items) if item not in drawn])
     test = load_dataset_spec(data, "test")
-    keep = [i for i, label in enumerate(test.labels) if label < len(shots.class_names)]
-    return ImageDataset(shots.class_names, [test.items[i] for i in keep], [test.labels[i] for i in keep], test.source)
+    # By name, never by index; the synthesised classes have no test images.
+    present = [name for name in shots.class_names if name in test.class_names]
+    tested = subset_classes(test, present)
+    labels = [shots.class_names.index(present[label]) for label in tested.labels]
+    return ImageDataset(shots.class_names, tested.items, labels, tested.source)
 
 
 def _sample(dataset: ImageDataset, limit: int, seed: int) -> ImageDataset:
