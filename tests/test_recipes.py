@@ -292,3 +292,5 @@ def test_the_runtime_reads_the_recipe_fields_it_used_to_hard_code(monkeypatch, t
     assert all(group["nesterov"] for group in make_optimizer(tiny_clip(), args).param_groups)
     benchmark = peft_skip.protocols.BenchmarkArguments("few_shot", "m", "root", "out")
     assert benchmark.seed_list() == [4, 5]
+    changed = dict(optimizer="adamw_torch")  # read by the patched recipe when called
+    assert SkipTrainingArguments(output_dir=str(tmp_path)).optim == "adamw_torch"

@@ -75,8 +75,8 @@ class SkipTrainingArguments:
         None, "Global batch size, split across processes under `accelerate launch` (default: the recipe's, 4)."
     )
     gradient_accumulation_steps: int = _arg(1, "Batches per optimiser step; an epoch's last step may take fewer.")
-    optim: Literal["sgd", "adamw_torch"] = _arg(
-        "sgd", "sgd: the paper's (momentum below); adamw_torch.", "--optimizer"
+    optim: Literal["sgd", "adamw_torch"] | None = _arg(
+        None, "sgd (the recipe's, with the momentum below) or adamw_torch.", "--optimizer"
     )
     momentum: float | None = _arg(None, "SGD momentum (default: the recipe's, 0.9).")
     weight_decay: float | None = _arg(
@@ -198,6 +198,7 @@ class SkipTrainingArguments:
 
     def _resolve(self, recipe: Recipe) -> None:
         """Sets every field left `None` from `recipe`."""
+        self.optim = recipe.optimizer if self.optim is None else self.optim  # the precision's default depends on it
         if self.vision_learning_rate is None:
             given = self.learning_rate is not None
             self.vision_learning_rate = (
