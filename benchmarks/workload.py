@@ -9,6 +9,7 @@ split, so that hyper-parameters can be chosen without looking at the test images
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 
@@ -68,7 +69,7 @@ def evaluation_images(split: ImageDataset, shots: ImageDataset, data: str, eval_
     present = [name for name in shots.class_names if name in test.class_names]
     tested = subset_classes(test, present)
     labels = [shots.class_names.index(present[label]) for label in tested.labels]
-    return ImageDataset(shots.class_names, tested.items, labels, tested.source)
+    return dataclasses.replace(tested, class_names=list(shots.class_names), labels=labels)
 
 
 def _sample(dataset: ImageDataset, limit: int, seed: int) -> ImageDataset:

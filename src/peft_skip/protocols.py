@@ -205,6 +205,7 @@ def _train(args: BenchmarkArguments, method: dict, dataset: str, seed: int, acce
     base_new = split_base_new(train) if recipe.train_classes == "base" else None
     if base_new is not None:
         train = subset_classes(train, base_new[0])
+    train = train.with_decoding(recipe.image_decoding)
     processor = AutoProcessor.from_pretrained(args.model)
     model = get_peft_model(AutoModel.from_pretrained(args.model).eval(), SkipConfig(**method))
     prompts = tokenize_classes(model, processor.tokenizer, train.class_names, recipe.train_template)
@@ -215,8 +216,8 @@ def _train(args: BenchmarkArguments, method: dict, dataset: str, seed: int, acce
 
 
 def _evaluate(args: BenchmarkArguments, model, processor, cell: Cell, base_new) -> dict:
-    test = load_coop_dataset(cell.dataset, args.data_root, "test")
     recipe = reference_recipe(args.protocol, cell.dataset)
+    test = load_coop_dataset(cell.dataset, args.data_root, "test").with_decoding(recipe.image_decoding)
     transform = ImageTransform.from_processor(processor, train=False)
     tokenizer, batch_size = processor.tokenizer, args.per_device_eval_batch_size or recipe.test_batch_size
     result = evaluate_protocol(model, tokenizer, test, transform, recipe.template, base_new, batch_size)

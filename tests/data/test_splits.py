@@ -89,6 +89,7 @@ def test_subset_classes_relabels_by_name():
         subset_classes(dataset, ["b", "b"])
     with pytest.raises(ValueError, match=r"\['e'\] are not classes of this dataset"):
         subset_classes(dataset, ["e"])
+    assert subset_classes(dataset.with_decoding("dassl"), ["a"]).decoding == "dassl"  # as Dassl reads the test set
 
 
 def test_class_identity_is_by_name_when_train_and_test_hold_different_class_sets():

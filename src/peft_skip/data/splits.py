@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 
 from .dataset import ImageDataset
 
@@ -112,11 +113,12 @@ def subset_classes(dataset: ImageDataset, classes: Sequence[str]) -> ImageDatase
         )
     new_label = {label_of[name]: i for i, name in enumerate(classes)}
     keep = [i for i, label in enumerate(dataset.labels) if label in new_label]
-    return ImageDataset(
-        classes,
-        [dataset.items[i] for i in keep],
-        [new_label[dataset.labels[i]] for i in keep],
-        dataset.source,
+    # `replace` keeps every other field (source, decoding) as it is.
+    return replace(
+        dataset,
+        class_names=classes,
+        items=[dataset.items[i] for i in keep],
+        labels=[new_label[dataset.labels[i]] for i in keep],
     )
 
 
