@@ -185,3 +185,20 @@ def test_a_lock_waits_for_its_holder_and_reports_busy_otherwise(tmp_path):
         with file_lock(tmp_path / "x.lock", "the thing"):  # re-entrant in one process
             pass
     holder.wait()
+
+
+def test_a_lock_that_is_a_link_is_refused_and_its_target_kept(models, folder, tmp_path, capsys):
+    from peft_skip.locks import file_lock
+
+    target = tmp_path / "precious.txt"
+    target.write_text("precious\n")
+    (tmp_path / "x.lock").symlink_to(target)
+    with pytest.raises(OSError, match="is a symbolic link"):
+        with file_lock(tmp_path / "x.lock", "the thing"):
+            pass
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / run_state.LOCK_FILE).symlink_to(target)
+    assert _train(models[0], folder, out) == 2
+    assert "is a symbolic link" in _last_line(capsys)
+    assert target.read_text() == "precious\n"
