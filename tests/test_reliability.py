@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -121,7 +122,11 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_model, tmp_path):
     assert _train(tiny_model, tmp_path / "killed", "--epochs", "3", "--resume") == 0
     expected, actual = _deltas(tmp_path / "whole"), _deltas(tmp_path / "killed")
     for key in expected:
-        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=1e-5, msg=key)
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0, msg=key)
+    history = json.loads((tmp_path / "killed" / "metrics.json").read_text())["history"]
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())["history"]
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert [row["loss"] for row in history] == [row["loss"] for row in whole]
 
 
 def test_detect_anomaly_is_on_during_training(tiny_model, tmp_path, monkeypatch):

@@ -282,7 +282,7 @@ def run_benchmark(args: BenchmarkArguments, method: dict) -> dict:
                 "seconds": time.perf_counter() - started,
                 "train_seconds": trained.train_seconds if cell is todo[0] else 0.0,
                 "resumed_from_epoch": trained.resumed_from_epoch,
-                "epochs": len(trained.history) + trained.resumed_from_epoch,
+                "epochs": len(trained.history),
                 "peak_memory_mb": memory,
                 "memory_measure": measure,
                 "num_processes": accelerator.num_processes,

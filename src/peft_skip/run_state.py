@@ -120,6 +120,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     keep: int,
+    history: list[dict],
 ) -> None:
     """Writes the checkpoint of `epoch` completed epochs and keeps only the `keep` latest.
 
@@ -130,6 +131,7 @@ def save_checkpoint(
         identity (`dict`): Everything that changes the run's result; `load_checkpoint` compares it.
         optimizer, scheduler: Their states are saved.
         keep (`int`): Number of most recent checkpoints kept.
+        history (`list[dict]`): One row per completed epoch, so that a resumed run reports the whole run's.
     """
     final = os.path.join(output_dir, CHECKPOINTS_DIR, f"epoch-{epoch:04d}")
     tmp = final + ".tmp"
@@ -140,6 +142,10 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "rng": _rng_state(),
+        "history": history,
+        # The trained weights themselves: base + saved delta is not always bit-equal to them in float32, and Adam
+        # turns such a rounding difference on a near-zero gradient into a whole step of lr.
+        "tuned": {name: p.detach() for name, p in model.named_parameters() if p.requires_grad},
     }
     try:
         model.save_pretrained(tmp)
@@ -163,22 +169,27 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     device: torch.device | str,
-) -> int:
-    """Restores the latest checkpoint of the same run; returns the number of epochs it completed (0 if none).
+) -> tuple[int, list[dict]]:
+    """Restores the latest checkpoint of the same run exactly; returns the number of epochs it completed and their
+    history rows (0 and `[]` if none).
 
     Raises:
         ValueError: The checkpoint belongs to another run (its identity differs): names what differs.
     """
     checkpoints = list_checkpoints(output_dir)
     if not checkpoints:
-        return 0
+        return 0, []
     path = checkpoints[-1]
     state = _read_state(path, identity)
     set_peft_model_state_dict(model, load_peft_weights(path, device=str(device)))
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state.get("tuned", {}).items():
+            parameters[name].copy_(value)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     _restore_rng(state["rng"])
-    return state["epoch"]
+    return state["epoch"], state.get("history", [])
 
 
 def check_resumable(output_dir: str, identity: dict) -> None:

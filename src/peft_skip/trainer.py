@@ -86,7 +86,7 @@ class EpochStats:
 class TrainResult:
     """What a training run did, per epoch and in total."""
 
-    history: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # every epoch of the run, those before a resume included
     cache_bytes: int = 0
     cache_seconds: float = 0.0
     train_seconds: float = 0.0
@@ -175,7 +175,7 @@ class SkipTrainer:
         result = TrainResult()
         identity = run_identity(args, self.config, self.train_set, self.prompts)
         if resume_from_checkpoint:
-            result.resumed_from_epoch = load_checkpoint(
+            result.resumed_from_epoch, result.history = load_checkpoint(
                 self.model, args.output_dir, identity, optimizer, scheduler, accelerator.device
             )
         elif accelerator.is_main_process:
@@ -209,7 +209,9 @@ class SkipTrainer:
             result.history.append(stats.row(epoch + 1, lrs, time.perf_counter() - epoch_start))
             if accelerator.is_main_process:
                 keep = args.save_total_limit
-                save_checkpoint(self.model, args.output_dir, epoch + 1, identity, optimizer, scheduler, keep)
+                save_checkpoint(
+                    self.model, args.output_dir, epoch + 1, identity, optimizer, scheduler, keep, result.history
+                )
             accelerator.wait_for_everyone()
         bar.close()
         result.train_seconds = time.perf_counter() - started
