@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import peft
 import pytest
 import torch
 from peft import PeftModel
@@ -172,3 +173,38 @@ def test_a_new_run_into_a_used_directory_replaces_its_checkpoints(tiny_model, tm
     second = _deltas(tmp_path / "checkpoints" / "epoch-0001")
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["epoch-0001"]
     assert any(not torch.equal(first[k], second[k]) for k in first)
+
+
+def _killed_staging_save(out) -> None:
+    """What a save killed while it wrote into the staging directory leaves."""
+    staging = out / ".adapter.tmp"
+    staging.mkdir(exist_ok=True)
+    (staging / "adapter_model.safetensors").write_bytes(b"\x10\x00")
+    (staging / "adapter_config.json").write_text('{"weights_sha')
+
+
+def test_a_full_disk_or_a_killed_save_of_the_adapter_keeps_the_previous_one(tiny_model, tmp_path, monkeypatch, capsys):
+    from safetensors import SafetensorError
+
+    assert _train(tiny_model, tmp_path, "--epochs", "1") == 0
+    previous = _deltas(tmp_path)
+    _killed_staging_save(tmp_path)
+    real_save = peft.peft_model.safe_save_file
+
+    def disk_full_in_staging(tensors, path, *args, **kwargs):
+        if ".adapter.tmp" in str(path):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real_save(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", disk_full_in_staging)
+    assert _train(tiny_model, tmp_path, "--epochs", "1", "--seed", "4") == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "Could not write the adapter" in line and "No space left" in line and "epoch-0001 is kept" in line
+    monkeypatch.undo()
+    assert all(torch.equal(previous[k], v) for k, v in _deltas(tmp_path).items())
+    PeftModel.from_pretrained(CLIPModel.from_pretrained(tiny_model), tmp_path)  # still one whole adapter
+
+    _killed_staging_save(tmp_path)
+    assert _train(tiny_model, tmp_path, "--epochs", "1", "--seed", "4") == 0  # the leftover does not block saves
+    assert not (tmp_path / ".adapter.tmp").exists()
+    assert any(not torch.equal(previous[k], v) for k, v in _deltas(tmp_path).items())

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 from peft.utils import load_peft_weights, set_peft_model_state_dict
+from safetensors import SafetensorError
 from torch import nn
 
 from .adapter_files import CONFIG_NAME, STAGING_DIR, WEIGHTS_NAME, file_sha256
@@ -152,7 +153,7 @@ def save_checkpoint(
         torch.save(state, os.path.join(tmp, TRAINER_STATE))
         # Published last, whole and on disk, so an interrupted save never looks like a complete checkpoint.
         publish(tmp, final)
-    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+    except (OSError, RuntimeError, SafetensorError) as error:  # torch.save reports a full disk as a RuntimeError
         previous = list_checkpoints(output_dir)
         kept = f"{previous[-1]} is kept" if previous else "no earlier checkpoint exists"
         raise OSError(
@@ -225,8 +226,16 @@ def save_adapter(model: nn.Module, output_dir: str) -> None:
     tmp = os.path.join(output_dir, STAGING_DIR)
     finish_interrupted_publish(output_dir)
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    publish_files(tmp, output_dir)
+    try:
+        model.save_pretrained(tmp)
+        publish_files(tmp, output_dir)
+    except (OSError, RuntimeError, SafetensorError) as error:  # safetensors reports a full disk as its own error
+        shutil.rmtree(tmp, ignore_errors=True)
+        checkpoints = list_checkpoints(output_dir)
+        resume = f"; {checkpoints[-1]} is kept: free disk space and rerun with --resume" if checkpoints else ""
+        raise OSError(
+            f"Could not write the adapter to {output_dir} ({error}); nothing there was replaced{resume}."
+        ) from error
 
 
 def finish_interrupted_publish(directory: str) -> None:
@@ -236,9 +245,12 @@ def finish_interrupted_publish(directory: str) -> None:
     weights = os.path.join(directory, WEIGHTS_NAME)
     if not (os.path.isfile(staged) and os.path.isfile(weights)):
         return
-    with open(staged, encoding="utf-8") as f:
-        belongs = json.load(f).get("weights_sha256") == file_sha256(weights)
-    if belongs:
+    try:
+        with open(staged, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError):  # a save killed while it wrote the staged config: nothing to complete
+        return
+    if isinstance(saved, dict) and saved.get("weights_sha256") == file_sha256(weights):
         os.replace(staged, os.path.join(directory, CONFIG_NAME))
         _fsync(directory)
 
