@@ -22,11 +22,13 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from peft.utils import load_peft_weights, set_peft_model_state_dict
+from peft.utils import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
 from safetensors import SafetensorError
 from torch import nn
 
-from .adapter_files import CONFIG_NAME, STAGING_DIR, WEIGHTS_NAME, file_sha256
+from .adapter_files import CONFIG_NAME, STAGING_DIR, WEIGHTS_NAME, check_deltas_fit, file_sha256
+from .config import SkipConfig
+from .fingerprint import fingerprint_mismatch
 from .locks import file_lock
 
 logger = logging.getLogger(__name__)
@@ -134,6 +136,7 @@ def save_checkpoint(
         keep (`int`): Number of most recent checkpoints kept.
         history (`list[dict]`): One row per completed epoch, so that a resumed run reports the whole run's.
     """
+    check_finite_deltas(model)
     final = os.path.join(output_dir, CHECKPOINTS_DIR, f"epoch-{epoch:04d}")
     tmp = final + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -181,7 +184,7 @@ def load_checkpoint(
     if not checkpoints:
         return 0, []
     path = checkpoints[-1]
-    state = _read_state(path, identity)
+    state = _read_state(path, identity, model)
     set_peft_model_state_dict(model, load_peft_weights(path, device=str(device)))
     parameters = dict(model.named_parameters())
     with torch.no_grad():
@@ -193,16 +196,38 @@ def load_checkpoint(
     return state["epoch"], state.get("history", [])
 
 
-def check_resumable(output_dir: str, identity: dict) -> None:
+def check_resumable(output_dir: str, identity: dict, model: nn.Module) -> None:
     """Raises now, before any expensive work, what `load_checkpoint` would raise: the latest checkpoint in
     `output_dir` is damaged or belongs to another run. Nothing to check without checkpoints."""
     checkpoints = list_checkpoints(output_dir)
     if checkpoints:
-        _read_state(checkpoints[-1], identity)
+        _read_state(checkpoints[-1], identity, model)
 
 
-def _read_state(path: str, identity: dict) -> dict:
-    """The trainer state of the checkpoint at `path`, after checking it belongs to the run of `identity`."""
+def _check_adapter_of(path: str, model: nn.Module) -> None:
+    """The checks `PeftModel.from_pretrained` applies to the checkpoint's adapter: whole files of one save, known
+    fields, finite deltas (`SkipConfig.from_pretrained`), the base model's fingerprint, the tensors' shapes."""
+    try:
+        saved = SkipConfig.from_pretrained(path)
+    except (ValueError, OSError) as error:
+        raise ValueError(f"Cannot resume from {path}: {error}") from None
+    current = model.peft_config[model.active_adapter].base_model_fingerprint
+    reason = fingerprint_mismatch(saved.base_model_fingerprint, current) if saved.base_model_fingerprint else None
+    if reason is None and saved.base_model_fingerprint is None:
+        reason = "it records no base-model fingerprint"
+    if reason is not None:
+        raise ValueError(f"Cannot resume from {path}: its adapter is for another base model ({reason}).")
+    try:
+        check_deltas_fit(
+            saved.saved_delta_shapes, {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+        )
+    except ValueError as error:
+        raise ValueError(f"Cannot resume from {path}: {error}") from None
+
+
+def _read_state(path: str, identity: dict, model: nn.Module) -> dict:
+    """The trainer state of the checkpoint at `path`, after checking it belongs to the run of `identity` and that its
+    adapter loads onto `model` with every check of `PeftModel.from_pretrained`."""
     try:
         state = torch.load(os.path.join(path, TRAINER_STATE), weights_only=True)
         saved = state["identity"]
@@ -218,11 +243,27 @@ def _read_state(path: str, identity: dict) -> dict:
             f"Cannot resume from {path}: it is another run ({details}). Resume with the same model, data and "
             "settings, or start a new run without --resume (or into another --out)."
         )
+    _check_adapter_of(path, model)
     return state
+
+
+def check_finite_deltas(model: nn.Module) -> None:
+    """Refuses to save deltas holding a NaN or an infinity (finite weights can still overflow `delta_dtype`).
+
+    Raises:
+        FloatingPointError: Naming the first non-finite delta and what to try.
+    """
+    for key, delta in get_peft_model_state_dict(model).items():
+        if not delta.isfinite().all():
+            raise FloatingPointError(
+                f"The delta {key} is not finite (NaN or infinity); nothing was saved. Use delta_dtype='float32' or "
+                "a lower learning rate."
+            )
 
 
 def save_adapter(model: nn.Module, output_dir: str) -> None:
     """Saves the adapter into `output_dir`, each file replaced whole (see `publish_files`)."""
+    check_finite_deltas(model)
     tmp = os.path.join(output_dir, STAGING_DIR)
     finish_interrupted_publish(output_dir)
     shutil.rmtree(tmp, ignore_errors=True)

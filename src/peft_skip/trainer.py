@@ -60,7 +60,8 @@ def make_accelerator(mixed_precision: str = "no") -> Accelerator:
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
+    """The loss, a gradient or a trained weight became NaN or infinite; training stopped before saving, and the last
+    good checkpoint was kept."""
 
 
 @dataclass
@@ -140,7 +141,8 @@ class SkipTrainer:
     def check_resume(self) -> None:
         """Raises if the latest checkpoint in `output_dir` is damaged or of another run (naming what differs); for
         callers that want to know before any expensive work. `train` checks it again."""
-        check_resumable(self.args.output_dir, run_identity(self.args, self.config, self.train_set, self.prompts))
+        identity = run_identity(self.args, self.config, self.train_set, self.prompts)
+        check_resumable(self.args.output_dir, identity, self.model)
 
     def train(self, resume_from_checkpoint: bool | None = None) -> TrainResult:
         """Runs the training and saves the adapter to `args.output_dir`.
@@ -207,6 +209,7 @@ class SkipTrainer:
             if not per_step:
                 scheduler.step()
             result.history.append(stats.row(epoch + 1, lrs, time.perf_counter() - epoch_start))
+            self._check_finite("weight", self._trained(), epoch)
             if accelerator.is_main_process:
                 keep = args.save_total_limit
                 save_checkpoint(
@@ -229,6 +232,7 @@ class SkipTrainer:
             group = batches[i * args.gradient_accumulation_steps : (i + 1) * args.gradient_accumulation_steps]
             lrs = {param_group["name"]: param_group["lr"] for param_group in optimizer.param_groups}
             self._optimizer_step(step, cache, group, epoch, i, stats)
+            self._check_finite("gradient", [p.grad for p in self._trained() if p.grad is not None], epoch, i)
             optimizer.step()
             if step_scheduler is not None:
                 step_scheduler.step()
@@ -236,6 +240,25 @@ class SkipTrainer:
             bar.update(1)
             bar.set_postfix(loss=f"{stats.loss / stats.images:.4f}", acc=f"{stats.correct / stats.images:.3f}")
         return stats, lrs
+
+    def _trained(self) -> list[torch.Tensor]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def _check_finite(self, what: str, tensors: list[torch.Tensor], epoch: int, index: int | None = None) -> None:
+        """Stops the run (before anything is saved) if a tensor holds a NaN or an infinity.
+
+        Raises:
+            NonFiniteLossError: Naming what, where, the last good checkpoint and what to try.
+        """
+        if not tensors or torch.nn.utils.get_total_norm(tensors, norm_type=math.inf).isfinite():
+            return  # the largest magnitude: NaN or infinite exactly when some element is, and never overflows
+        at = f"epoch {epoch + 1}" + ("" if index is None else f", step {index + 1}")
+        last_good = list_checkpoints(self.args.output_dir)
+        raise NonFiniteLossError(
+            f"Non-finite {what} at {at}; training stopped. Last good checkpoint: "
+            f"{last_good[-1] if last_good else 'none'}. Lower the learning rate or use mixed_precision='no' "
+            "(--detect-anomaly names the operation)."
+        )
 
     def _batches(self, epoch: int) -> list[torch.Tensor]:
         """The epoch's batches of global image indices, the same in every process."""

@@ -20,6 +20,9 @@ from .config import StorageDtype
 from .recipes import PROTOCOLS, REFERENCE_DATASETS, Recipe, reference_recipe
 
 
+_FLOAT16_MAX = 65504.0
+
+
 def _arg(default, help: str, *aliases: str, **kwargs):
     """A field with its command-line help and aliases (read by `transformers.HfArgumentParser`)."""
     return field(default=default, metadata={"help": help, **({"aliases": list(aliases)} if aliases else {})}, **kwargs)
@@ -185,6 +188,13 @@ class SkipTrainingArguments:
         bad = ", ".join(f"{name}={rate}" for name, rate in rates.items() if not 0 < rate < math.inf)
         if bad:
             raise ValueError(f"Learning rates must be finite and > 0; got {bad}.")
+        # The float16 SGD update multiplies by -lr in float16: a larger rate is no float16 number at all.
+        too_large = ", ".join(f"{name}={rate}" for name, rate in rates.items() if rate > _FLOAT16_MAX)
+        if self.precision == "fp16_reference" and too_large:
+            raise ValueError(
+                f"precision='fp16_reference' updates float16 weights, whose largest value is {_FLOAT16_MAX}; got "
+                f"{too_large}. Use a smaller learning rate, or precision='fp32'."
+            )
         if not self.push_to_hub and (self.hub_model_id is not None or self.hub_private_repo is not None):
             raise ValueError(
                 "hub_model_id / hub_private_repo are set but push_to_hub is not: add --push_to_hub to upload the "
