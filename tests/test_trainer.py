@@ -381,6 +381,26 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
     assert not os.path.exists(tmp_path / "adapter_model.safetensors")
 
 
+def test_non_finite_gradient_or_delta_stops_before_saving(tmp_path):
+    from peft_skip import run_state
+
+    model = skip_model()
+    trained = next(p for p in model.parameters() if p.requires_grad)
+    trained.register_hook(lambda grad: grad * float("inf"))
+    with pytest.raises(
+        NonFiniteLossError, match=r"Non-finite gradient at epoch 1, step 1.*Last good checkpoint: none"
+    ):
+        train(model, tmp_path / "a")
+    assert not os.path.exists(tmp_path / "a" / "checkpoints")
+
+    model = skip_model(delta_dtype="float16")
+    with torch.no_grad():
+        next(p for p in model.parameters() if p.requires_grad).add_(1e6)  # finite, but no float16 delta
+    with pytest.raises(FloatingPointError, match=r"delta .* is not finite"):
+        run_state.save_adapter(model, str(tmp_path / "b"))
+    assert not os.path.exists(tmp_path / "b" / "adapter_model.safetensors")
+
+
 def test_class_selection_and_adamw_train(tmp_path):
     data = TensorImages(per_class=2, num_classes=6)
     model = skip_model(class_ratio=0.3, max_classes=2)

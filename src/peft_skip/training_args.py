@@ -19,7 +19,6 @@ from typing import Literal
 from .config import StorageDtype
 from .recipes import PROTOCOLS, REFERENCE_DATASETS, Recipe, reference_recipe
 
-
 _FLOAT16_MAX = 65504.0
 
 
