@@ -30,9 +30,10 @@ from .data.coop import COOP_DATASETS, coop_folder, load_coop_dataset
 from .data.coop_fewshot import base_new_classes, coop_few_shot, subsample_classes
 from .data.coop_splits import dataset_folder
 from .evaluation import evaluate_protocol, tokenize_classes
+from .locks import file_lock
 from .offline import has_random_weights
 from .recipes import CROSS_DATASET_TARGETS, DOMAIN_SHIFT_DATASETS, TRAIN_DATASETS, reference_recipe
-from .run_state import publish_files
+from .run_state import LOCK_FILE, publish_files
 from .trainer import SkipTrainer, make_accelerator
 from .training_args import SkipTrainingArguments
 
@@ -251,6 +252,13 @@ def run_benchmark(args: BenchmarkArguments, method: dict) -> dict:
         "mixed_precision": args.mixed_precision,
         "skip_config": method,
     }
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    # One benchmark at a time per --out: two would each rewrite results.json without the other's cells.
+    with file_lock(Path(args.output_dir, LOCK_FILE), f"the benchmark directory {args.output_dir}"):
+        return _run_cells(args, method, cells, settings)
+
+
+def _run_cells(args: BenchmarkArguments, method: dict, cells: list[Cell], settings: dict) -> dict:
     results = _load_results(args, settings)
     done = {(r["dataset"], r["seed"]) for r in results["cells"]}
     accelerator = make_accelerator(args.mixed_precision)

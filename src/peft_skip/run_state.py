@@ -49,19 +49,97 @@ def list_checkpoints(output_dir: str) -> list[str]:
     root = os.path.join(output_dir, CHECKPOINTS_DIR)
     if not os.path.isdir(root):
         return []
-    names = sorted((n for n in os.listdir(root) if _epoch_of(n) is not None), key=_epoch_of)
-    return [os.path.join(root, n) for n in names]
+    # Ours: named by epoch and holding the trainer state a checkpoint is written with (a folder name alone is not).
+    names = [
+        n
+        for n in os.listdir(root)
+        if _epoch_of(n) is not None and os.path.isfile(os.path.join(root, n, TRAINER_STATE))
+    ]
+    return [os.path.join(root, n) for n in sorted(names, key=_epoch_of)]
+
+
+# Lists the names in an output directory that peft-skip wrote (or reserved for a run); everything else is the user's.
+MANIFEST = ".peft-skip"
+CARD_NAME = "README.md"
+# Every name a run writes into its output directory.
+OUTPUT_NAMES = (
+    LOCK_FILE,
+    MANIFEST,
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    CARD_NAME,
+    "metrics.json",
+    CHECKPOINTS_DIR,
+    STAGING_DIR,
+)
+
+
+def _our_names(output_dir: str) -> set[str]:
+    try:
+        with open(os.path.join(output_dir, MANIFEST), encoding="utf-8") as f:
+            names = json.load(f)["written"]
+        return {name for name in names if isinstance(name, str)}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def _claim_names(output_dir: str, overwrite: bool) -> None:
+    """Refuses an output directory holding files peft-skip did not write (unless `overwrite`: then they are kept, and
+    one at a name a run writes is still refused, but a README.md of the user's), then records the run's names."""
+    ours = _our_names(output_dir)
+    foreign = sorted(set(os.listdir(output_dir)) - ours)
+    if foreign and not overwrite:
+        listed = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+        raise FileExistsError(
+            f"--out {output_dir} holds files peft-skip did not write ({listed}); choose a new or empty directory, or "
+            "pass --overwrite_output_dir to write beside them (they are kept)."
+        )
+    clashes = sorted(set(foreign) & (set(OUTPUT_NAMES) - {CARD_NAME}))
+    if clashes:
+        raise FileExistsError(
+            f"--out {output_dir} holds {', '.join(clashes)}, which peft-skip did not write and would replace; move "
+            "them away or choose another --out."
+        )
+    tmp = os.path.join(output_dir, MANIFEST + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"written": sorted(ours | (set(OUTPUT_NAMES) - set(foreign)))}, f)
+    os.replace(tmp, os.path.join(output_dir, MANIFEST))
+
+
+def check_out_apart(output_dir: str, inputs: dict[str, str | None]) -> None:
+    """Refuses an output directory that is, lies inside or contains an input directory (the model, the data).
+
+    Args:
+        inputs (`dict`): Flag -> directory (entries that are no local directory are skipped).
+
+    Raises:
+        ValueError: Naming both directories.
+    """
+    out = os.path.realpath(output_dir)
+    for flag, directory in inputs.items():
+        if directory is None or not os.path.isdir(directory):
+            continue
+        given = os.path.realpath(directory)
+        if os.path.commonpath([out, given]) in (out, given):
+            raise ValueError(
+                f"--out {output_dir} overlaps {flag} {directory}: a run would write into its own input. Choose an "
+                "--out outside it."
+            )
 
 
 @contextlib.contextmanager
-def claim_output_dir(output_dir: str, main_process: bool = True) -> Iterator[None]:
-    """Creates `output_dir` if needed, checks it is writable and holds its lock for the `with` block.
+def claim_output_dir(output_dir: str, main_process: bool = True, overwrite: bool = False) -> Iterator[None]:
+    """Creates `output_dir` if needed, checks it is writable and ours, and holds its lock for the `with` block.
 
-    Call it before any expensive work: an unusable or busy directory fails at once. Only the main process of a
-    distributed run claims the directory (the others write nothing there).
+    Call it before any expensive work: an unusable, foreign or busy directory fails at once. Only the main process of
+    a distributed run claims the directory (the others write nothing there).
+
+    Args:
+        overwrite (`bool`): Accept a directory holding files peft-skip did not write (they are kept).
 
     Raises:
-        OSError: Naming the directory and the fix: it is a file, not writable, or in use by another run.
+        OSError: Naming the directory and the fix: it is a file, not writable, holds files of the user's, or is in
+            use by another run.
     """
     if not main_process:
         yield
@@ -76,6 +154,7 @@ def claim_output_dir(output_dir: str, main_process: bool = True) -> Iterator[Non
         raise OSError(
             f"Cannot write to --out {output_dir} ({error.strerror or error}); choose a directory you can write to."
         ) from None
+    _claim_names(output_dir, overwrite)
     with file_lock(os.path.join(output_dir, LOCK_FILE), f"the output directory {output_dir}"):
         yield
 
@@ -87,7 +166,14 @@ def start_new_run(output_dir: str) -> None:
         logger.info(
             f"Removing {len(old)} checkpoint(s) of an earlier run in {output_dir} (pass --resume to continue it)."
         )
-    shutil.rmtree(os.path.join(output_dir, CHECKPOINTS_DIR), ignore_errors=True)
+    for path in old:
+        shutil.rmtree(path)
+    root = os.path.join(output_dir, CHECKPOINTS_DIR)
+    for name in os.listdir(root) if os.path.isdir(root) else []:
+        if name.endswith(".tmp") and os.path.isfile(os.path.join(root, name, "adapter_config.json")):
+            shutil.rmtree(os.path.join(root, name))  # an interrupted save of ours
+    with contextlib.suppress(OSError):
+        os.rmdir(root)  # only when nothing of the user's is in it
 
 
 def run_identity(args, config, train_set, prompts: dict[str, torch.Tensor]) -> dict:
@@ -269,6 +355,10 @@ def save_adapter(model: nn.Module, output_dir: str) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(tmp)
+        card = os.path.join(output_dir, CARD_NAME)
+        if os.path.lexists(card) and CARD_NAME not in _our_names(output_dir):
+            logger.info(f"{card} is not peft-skip's: kept, the model card is not written.")
+            os.remove(os.path.join(tmp, CARD_NAME))
         publish_files(tmp, output_dir)
     except (OSError, RuntimeError, SafetensorError) as error:  # safetensors reports a full disk as its own error
         shutil.rmtree(tmp, ignore_errors=True)

@@ -155,7 +155,8 @@ class SkipTrainer:
             NonFiniteLossError: The loss became NaN or infinite; the last good checkpoint is kept.
             OSError: `output_dir` is unusable or another run is writing to it.
         """
-        with claim_output_dir(self.args.output_dir, self.accelerator.is_main_process):
+        args = self.args
+        with claim_output_dir(args.output_dir, self.accelerator.is_main_process, args.overwrite_output_dir):
             return self._train(resume_from_checkpoint)
 
     def _train(self, resume_from_checkpoint: bool | None) -> TrainResult:

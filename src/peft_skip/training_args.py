@@ -40,6 +40,12 @@ class SkipTrainingArguments:
         metadata={"help": "Where the adapter, metrics.json and per-epoch checkpoints go.", "aliases": ["--out"]},
         compare=False,
     )
+    overwrite_output_dir: bool = _arg(
+        False,
+        "Write into an output_dir that holds files peft-skip did not write; they are kept (never replaced or "
+        "emptied), and one at a name a run writes is still refused.",
+        compare=False,
+    )
     protocol: Literal[PROTOCOLS] = _arg(
         "few_shot",
         "The paper's protocol, whose recipe sets every option left unset: few_shot (lr 1e-5 both towers, 40 epochs); "
