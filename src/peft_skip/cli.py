@@ -28,10 +28,10 @@ from .data import (
     load_dataset_spec,
 )
 from .experiment import evaluate_saved, is_main_process, train_and_evaluate
+from .finite import NonFiniteLossError
 from .offline import OfflineModelArguments, make_offline_model
 from .protocols import BenchmarkArguments, run_benchmark
 from .recipes import REFERENCE_DATASETS, RecipeArguments, reference_recipe
-from .trainer import NonFiniteLossError
 from .training_args import SkipTrainingArguments, recipe_train_config
 
 logger = logging.getLogger("peft_skip")

@@ -20,10 +20,10 @@ from .data import ImageDataset, ImageTransform, load_dataset_spec, sample_few_sh
 from .evaluation import evaluate_protocol, summary, tokenize_classes
 from .hub import create_hub_repo, hub_repo_id, push_adapter
 from .offline import has_random_weights
+from .output_dir import check_out_apart, claim_output_dir
 from .precision import to_reference_fp16
 from .preflight import check_images_readable, check_launch
 from .recipes import REFERENCE_DATASETS
-from .run_state import check_out_apart, claim_output_dir
 from .trainer import SkipTrainer, make_accelerator
 from .training_args import SkipTrainingArguments
 

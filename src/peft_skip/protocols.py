@@ -32,8 +32,9 @@ from .data.coop_splits import dataset_folder
 from .evaluation import evaluate_protocol, tokenize_classes
 from .locks import file_lock
 from .offline import has_random_weights
+from .output_dir import LOCK_FILE
+from .publishing import publish_files
 from .recipes import CROSS_DATASET_TARGETS, DOMAIN_SHIFT_DATASETS, TRAIN_DATASETS, reference_recipe
-from .run_state import LOCK_FILE, publish_files
 from .trainer import SkipTrainer, make_accelerator
 from .training_args import SkipTrainingArguments
 

@@ -4,8 +4,8 @@ A checkpoint is a directory `checkpoints/epoch-NNNN` holding the adapter (deltas
 scheduler, random number generators, and the run's identity), written whole under a temporary name and then renamed.
 Only plain tensors and numbers are saved, so loading needs no pickle (`torch.load(weights_only=True)`).
 
-One run at a time writes to an output directory (`claim_output_dir`); a new run into a used one first removes the
-earlier run's checkpoints, so it can neither prune its own nor resume another's.
+A new run into a used output directory first removes the earlier run's checkpoints (those it wrote: they hold a trainer
+state), so it can neither prune its own nor resume another's. Files are published whole by `publishing.py`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import logging
 import os
 import random
 import shutil
-import tempfile
-from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -26,16 +24,16 @@ from peft.utils import get_peft_model_state_dict, load_peft_weights, set_peft_mo
 from safetensors import SafetensorError
 from torch import nn
 
-from .adapter_files import CONFIG_NAME, STAGING_DIR, WEIGHTS_NAME, check_deltas_fit, file_sha256
+from .adapter_files import STAGING_DIR, check_deltas_fit
 from .config import SkipConfig
 from .fingerprint import fingerprint_mismatch
-from .locks import file_lock
+from .finite import check_finite_deltas
+from .output_dir import CARD_NAME, CHECKPOINTS_DIR, our_names
+from .publishing import finish_interrupted_publish, publish, publish_files
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINTS_DIR = "checkpoints"
 TRAINER_STATE = "trainer_state.pt"
-LOCK_FILE = ".lock"
 
 
 def _epoch_of(name: str) -> int | None:
@@ -56,107 +54,6 @@ def list_checkpoints(output_dir: str) -> list[str]:
         if _epoch_of(n) is not None and os.path.isfile(os.path.join(root, n, TRAINER_STATE))
     ]
     return [os.path.join(root, n) for n in sorted(names, key=_epoch_of)]
-
-
-# Lists the names in an output directory that peft-skip wrote (or reserved for a run); everything else is the user's.
-MANIFEST = ".peft-skip"
-CARD_NAME = "README.md"
-# Every name a run writes into its output directory.
-OUTPUT_NAMES = (
-    LOCK_FILE,
-    MANIFEST,
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    CARD_NAME,
-    "metrics.json",
-    CHECKPOINTS_DIR,
-    STAGING_DIR,
-)
-
-
-def _our_names(output_dir: str) -> set[str]:
-    try:
-        with open(os.path.join(output_dir, MANIFEST), encoding="utf-8") as f:
-            names = json.load(f)["written"]
-        return {name for name in names if isinstance(name, str)}
-    except (OSError, ValueError, KeyError, TypeError):
-        return set()
-
-
-def _claim_names(output_dir: str, overwrite: bool) -> None:
-    """Refuses an output directory holding files peft-skip did not write (unless `overwrite`: then they are kept, and
-    one at a name a run writes is still refused, but a README.md of the user's), then records the run's names."""
-    ours = _our_names(output_dir)
-    foreign = sorted(set(os.listdir(output_dir)) - ours)
-    if foreign and not overwrite:
-        listed = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
-        raise FileExistsError(
-            f"--out {output_dir} holds files peft-skip did not write ({listed}); choose a new or empty directory, or "
-            "pass --overwrite_output_dir to write beside them (they are kept)."
-        )
-    clashes = sorted(set(foreign) & (set(OUTPUT_NAMES) - {CARD_NAME}))
-    if clashes:
-        raise FileExistsError(
-            f"--out {output_dir} holds {', '.join(clashes)}, which peft-skip did not write and would replace; move "
-            "them away or choose another --out."
-        )
-    tmp = os.path.join(output_dir, MANIFEST + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"written": sorted(ours | (set(OUTPUT_NAMES) - set(foreign)))}, f)
-    os.replace(tmp, os.path.join(output_dir, MANIFEST))
-
-
-def check_out_apart(output_dir: str, inputs: dict[str, str | None]) -> None:
-    """Refuses an output directory that is, lies inside or contains an input directory (the model, the data).
-
-    Args:
-        inputs (`dict`): Flag -> directory (entries that are no local directory are skipped).
-
-    Raises:
-        ValueError: Naming both directories.
-    """
-    out = os.path.realpath(output_dir)
-    for flag, directory in inputs.items():
-        if directory is None or not os.path.isdir(directory):
-            continue
-        given = os.path.realpath(directory)
-        if os.path.commonpath([out, given]) in (out, given):
-            raise ValueError(
-                f"--out {output_dir} overlaps {flag} {directory}: a run would write into its own input. Choose an "
-                "--out outside it."
-            )
-
-
-@contextlib.contextmanager
-def claim_output_dir(output_dir: str, main_process: bool = True, overwrite: bool = False) -> Iterator[None]:
-    """Creates `output_dir` if needed, checks it is writable and ours, and holds its lock for the `with` block.
-
-    Call it before any expensive work: an unusable, foreign or busy directory fails at once. Only the main process of
-    a distributed run claims the directory (the others write nothing there).
-
-    Args:
-        overwrite (`bool`): Accept a directory holding files peft-skip did not write (they are kept).
-
-    Raises:
-        OSError: Naming the directory and the fix: it is a file, not writable, holds files of the user's, or is in
-            use by another run.
-    """
-    if not main_process:
-        yield
-        return
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise NotADirectoryError(f"--out {output_dir} is a file; give a directory (new or used by peft-skip).")
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-        with tempfile.TemporaryFile(dir=output_dir):
-            pass
-    except OSError as error:
-        raise OSError(
-            f"Cannot write to --out {output_dir} ({error.strerror or error}); choose a directory you can write to."
-        ) from None
-    _claim_names(output_dir, overwrite)
-    with file_lock(os.path.join(output_dir, LOCK_FILE), f"the output directory {output_dir}"):
-        yield
 
 
 def start_new_run(output_dir: str) -> None:
@@ -333,20 +230,6 @@ def _read_state(path: str, identity: dict, model: nn.Module) -> dict:
     return state
 
 
-def check_finite_deltas(model: nn.Module) -> None:
-    """Refuses to save deltas holding a NaN or an infinity (finite weights can still overflow `delta_dtype`).
-
-    Raises:
-        FloatingPointError: Naming the first non-finite delta and what to try.
-    """
-    for key, delta in get_peft_model_state_dict(model).items():
-        if not delta.isfinite().all():
-            raise FloatingPointError(
-                f"The delta {key} is not finite (NaN or infinity); nothing was saved. Use delta_dtype='float32' or "
-                "a lower learning rate."
-            )
-
-
 def save_adapter(model: nn.Module, output_dir: str) -> None:
     """Saves the adapter into `output_dir`, each file replaced whole (see `publish_files`)."""
     check_finite_deltas(model)
@@ -356,7 +239,7 @@ def save_adapter(model: nn.Module, output_dir: str) -> None:
     try:
         model.save_pretrained(tmp)
         card = os.path.join(output_dir, CARD_NAME)
-        if os.path.lexists(card) and CARD_NAME not in _our_names(output_dir):
+        if os.path.lexists(card) and CARD_NAME not in our_names(output_dir):
             logger.info(f"{card} is not peft-skip's: kept, the model card is not written.")
             os.remove(os.path.join(tmp, CARD_NAME))
         publish_files(tmp, output_dir)
@@ -367,23 +250,6 @@ def save_adapter(model: nn.Module, output_dir: str) -> None:
         raise OSError(
             f"Could not write the adapter to {output_dir} ({error}); nothing there was replaced{resume}."
         ) from error
-
-
-def finish_interrupted_publish(directory: str) -> None:
-    """Completes a `publish_files` interrupted after the weights were moved: the staged config that belongs to them
-    (same sha256) takes its place. Readers need not wait for this: `SkipConfig.from_pretrained` reads that config."""
-    staged = os.path.join(directory, STAGING_DIR, CONFIG_NAME)
-    weights = os.path.join(directory, WEIGHTS_NAME)
-    if not (os.path.isfile(staged) and os.path.isfile(weights)):
-        return
-    try:
-        with open(staged, encoding="utf-8") as f:
-            saved = json.load(f)
-    except (OSError, ValueError):  # a save killed while it wrote the staged config: nothing to complete
-        return
-    if isinstance(saved, dict) and saved.get("weights_sha256") == file_sha256(weights):
-        os.replace(staged, os.path.join(directory, CONFIG_NAME))
-        _fsync(directory)
 
 
 def _rng_state() -> dict:
@@ -400,48 +266,3 @@ def _restore_rng(state: dict) -> None:
     keys, *position = state["numpy"]
     np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), *position))
     random.setstate(state["python"])
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def publish(tmp: str, final: str) -> None:
-    """Moves the complete directory `tmp` to `final` once its files are on disk.
-
-    A crash before the rename leaves `final` as it was (and a stale `tmp`, ignored and overwritten by the next save);
-    a crash after it leaves the new `final`. An existing `final` (a checkpoint of an earlier run in the same
-    directory) is first renamed to `<final>.old.tmp`, which nothing reads, then removed.
-    """
-    for name in os.listdir(tmp):
-        _fsync(os.path.join(tmp, name))
-    _fsync(tmp)
-    old = final + ".old.tmp"
-    if os.path.exists(final):
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    _fsync(os.path.dirname(os.path.abspath(final)))
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def publish_files(tmp: str, directory: str) -> None:
-    """Moves every file of the complete directory `tmp` into `directory`, one atomic rename each, then removes `tmp`.
-
-    The weights go first and `adapter_config.json` last, so every file in `directory` is always whole. A crash
-    between the two leaves the new weights next to the previous config; the config records its weights' sha256, so
-    `SkipConfig.from_pretrained` then reads the new config still waiting in `tmp` (`STAGING_DIR`): the directory
-    always reads as one whole adapter, the previous or the new one. The next save completes the move.
-    """
-    names = sorted(os.listdir(tmp), key=lambda name: name == CONFIG_NAME)
-    for name in names:
-        _fsync(os.path.join(tmp, name))
-    os.makedirs(directory, exist_ok=True)
-    for name in names:
-        os.replace(os.path.join(tmp, name), os.path.join(directory, name))
-    _fsync(directory)
-    os.rmdir(tmp)

@@ -26,14 +26,14 @@ from .batches import check_batches, class_batches, uses_class_batches
 from .cache import ImageCache
 from .config import SkipConfig
 from .data.augmented import AugmentedImages, describe_transform, seeded_generator
+from .finite import NonFiniteLossError, has_non_finite, non_finite_error  # noqa: F401 (part of the API)
 from .loss import SkipTuningStep
 from .offload import FrozenOffload, idle_parameters
+from .output_dir import claim_output_dir
 from .precision import COMPUTE_DTYPES, to_reference_fp16
 from .preflight import warn_if_untrainable
 from .run_state import (
     check_resumable,
-    claim_output_dir,
-    list_checkpoints,
     load_checkpoint,
     run_identity,
     save_adapter,
@@ -57,11 +57,6 @@ def make_accelerator(mixed_precision: str = "no") -> Accelerator:
     # Accelerate only joins them in a (gloo) process group when told to run on the CPU.
     cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss, a gradient or a trained weight became NaN or infinite; training stopped before saving, and the last
-    good checkpoint was kept."""
 
 
 @dataclass
@@ -210,7 +205,8 @@ class SkipTrainer:
             if not per_step:
                 scheduler.step()
             result.history.append(stats.row(epoch + 1, lrs, time.perf_counter() - epoch_start))
-            self._check_finite("weight", self._trained(), epoch)
+            if has_non_finite(self._trained()):
+                raise non_finite_error("weight", args.output_dir, epoch)
             if accelerator.is_main_process:
                 keep = args.save_total_limit
                 save_checkpoint(
@@ -233,7 +229,8 @@ class SkipTrainer:
             group = batches[i * args.gradient_accumulation_steps : (i + 1) * args.gradient_accumulation_steps]
             lrs = {param_group["name"]: param_group["lr"] for param_group in optimizer.param_groups}
             self._optimizer_step(step, cache, group, epoch, i, stats)
-            self._check_finite("gradient", [p.grad for p in self._trained() if p.grad is not None], epoch, i)
+            if has_non_finite([p.grad for p in self._trained() if p.grad is not None]):
+                raise non_finite_error("gradient", args.output_dir, epoch, i)
             optimizer.step()
             if step_scheduler is not None:
                 step_scheduler.step()
@@ -244,22 +241,6 @@ class SkipTrainer:
 
     def _trained(self) -> list[torch.Tensor]:
         return [p for p in self.model.parameters() if p.requires_grad]
-
-    def _check_finite(self, what: str, tensors: list[torch.Tensor], epoch: int, index: int | None = None) -> None:
-        """Stops the run (before anything is saved) if a tensor holds a NaN or an infinity.
-
-        Raises:
-            NonFiniteLossError: Naming what, where, the last good checkpoint and what to try.
-        """
-        if not tensors or torch.nn.utils.get_total_norm(tensors, norm_type=math.inf).isfinite():
-            return  # the largest magnitude: NaN or infinite exactly when some element is, and never overflows
-        at = f"epoch {epoch + 1}" + ("" if index is None else f", step {index + 1}")
-        last_good = list_checkpoints(self.args.output_dir)
-        raise NonFiniteLossError(
-            f"Non-finite {what} at {at}; training stopped. Last good checkpoint: "
-            f"{last_good[-1] if last_good else 'none'}. Lower the learning rate or use mixed_precision='no' "
-            "(--detect-anomaly names the operation)."
-        )
 
     def _batches(self, epoch: int) -> list[torch.Tensor]:
         """The epoch's batches of global image indices, the same in every process."""
@@ -301,12 +282,7 @@ class SkipTrainer:
                 )
                 loss_sum, correct, images = accelerator.reduce(totals, reduction="sum").tolist()
                 if not math.isfinite(loss_sum):
-                    last_good = list_checkpoints(self.args.output_dir)
-                    raise NonFiniteLossError(
-                        f"Non-finite loss ({loss_sum}) at epoch {epoch + 1}, step {index + 1}; training stopped. "
-                        f"Last good checkpoint: {last_good[-1] if last_good else 'none (failed in epoch 1)'}. "
-                        "Lower the learning rate or use mixed_precision='no'."
-                    )
+                    raise non_finite_error(f"loss ({loss_sum})", self.args.output_dir, epoch, index)
                 accelerator.backward(out.loss)
             stats.loss += loss_sum
             stats.correct += int(correct)
