@@ -17,6 +17,7 @@ from synthetic_images import write_folder
 import peft_skip  # noqa: F401
 from peft_skip import run_state, trainer
 from peft_skip.cli import main
+from peft_skip.output_dir import LOCK_FILE, claim_output_dir
 
 FAST = ["--shots", "4", "--skip-layers", "2", "--test-limit", "8", "--no-progress", "--lr", "1e-3", "--epochs", "1"]
 
@@ -106,6 +107,8 @@ def test_a_new_run_into_a_used_out_neither_loses_its_checkpoints_nor_resumes_ano
 def test_checkpoints_are_ordered_by_epoch_not_name(tmp_path):
     for name in ["epoch-9999", "epoch-10000", "epoch-0002", "epoch-0003.tmp", "epoch-0004.old.tmp"]:
         os.makedirs(tmp_path / "checkpoints" / name)
+        (tmp_path / "checkpoints" / name / run_state.TRAINER_STATE).touch()
+    os.makedirs(tmp_path / "checkpoints" / "epoch-0001")  # the user's: no trainer state of ours
     assert [os.path.basename(p) for p in run_state.list_checkpoints(str(tmp_path))] == [
         "epoch-0002",
         "epoch-9999",
@@ -125,8 +128,9 @@ def _hold_lock(path) -> subprocess.Popen:
 
 def test_one_run_at_a_time_per_out_and_a_killed_run_leaves_no_lock(models, folder, tmp_path, capsys):
     out = tmp_path / "run"
-    out.mkdir()
-    holder = _hold_lock(out / run_state.LOCK_FILE)
+    with claim_output_dir(str(out)):  # a directory of peft-skip's, as a running run leaves it
+        pass
+    holder = _hold_lock(out / LOCK_FILE)
     try:
         assert _train(models[0], folder, out) == 2
         captured = capsys.readouterr()
@@ -197,8 +201,9 @@ def test_a_lock_that_is_a_link_is_refused_and_its_target_kept(models, folder, tm
         with file_lock(tmp_path / "x.lock", "the thing"):
             pass
     out = tmp_path / "run"
-    out.mkdir()
-    (out / run_state.LOCK_FILE).symlink_to(target)
+    assert _train(models[0], folder, out) == 0
+    (out / LOCK_FILE).unlink()
+    (out / LOCK_FILE).symlink_to(target)
     assert _train(models[0], folder, out) == 2
     assert "is a symbolic link" in _last_line(capsys)
     assert target.read_text() == "precious\n"

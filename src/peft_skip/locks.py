@@ -57,7 +57,7 @@ def file_lock(path: str | os.PathLike, purpose: str, wait: bool = False) -> Iter
             if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
             handle.seek(0)
-            holder = handle.read().strip() or "unknown"
+            holder = (handle.read().split() or ["unknown"])[-1]
             if not wait:
                 raise BusyError(
                     f"{purpose} is in use by another process (pid {holder}); wait for it to finish or use another "
