@@ -164,6 +164,20 @@ def test_a_truncated_trainer_state_is_one_clear_line(models, folder, tmp_path, c
     assert f"{state} is missing, truncated or corrupt" in line and "delete" in line
 
 
+def test_resume_applies_every_load_check_before_the_zero_shot_evaluation(models, folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(models[0], folder, out) == 0
+    weights = out / "checkpoints" / "epoch-0001" / "adapter_model.safetensors"
+    intact = weights.read_bytes()
+    for damage, message in [(intact[:-100], "corrupt or truncated"), (intact[:-4] + b"\0\0\0\1", "sha256 differs")]:
+        weights.write_bytes(damage)
+        capsys.readouterr()
+        assert _train(models[0], folder, out, "--resume") == 2
+        captured = capsys.readouterr()
+        assert "Cannot resume from" in captured.err and message in captured.err.strip().splitlines()[-1]
+        assert "zero-shot" not in captured.out
+
+
 def test_a_full_disk_inside_a_checkpoint_save_is_one_clear_line(models, folder, tmp_path, capsys, monkeypatch):
     def full(*args, **kwargs):
         raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
