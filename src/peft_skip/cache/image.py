@@ -218,7 +218,7 @@ class ImageCache:
                 logger.info(f"Reusing the image cache at {path} ({human_bytes(states.nbytes)}).")
                 return cls(states, indices, num_images, dtype, key, path)
             logger.info(f"Building the image cache at {path}: {reason}.")
-            if path.exists() and not (path / _META_FILE).is_file():
+            if path.exists() and any(path.iterdir()) and not (path / _META_FILE).is_file():
                 raise FileExistsError(
                     f"{path} exists but is not an image cache peft-skip wrote (no {_META_FILE}); move it away or "
                     "choose another --cache-dir."
