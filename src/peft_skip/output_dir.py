@@ -118,3 +118,16 @@ def claim_output_dir(output_dir: str, main_process: bool = True, overwrite: bool
     _claim_names(output_dir, overwrite)
     with file_lock(os.path.join(output_dir, LOCK_FILE), f"the output directory {output_dir}"):
         yield
+
+
+@contextlib.contextmanager
+def lock_output_dir(output_dir: str, what: str) -> Iterator[None]:
+    """Creates `output_dir` if needed and holds its lock for the `with` block (no ownership check: for directories
+    whose other contents are managed elsewhere, such as a benchmark's).
+
+    Raises:
+        BusyError: Another process holds it; the message names `what`, the directory and the holder's pid.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    with file_lock(os.path.join(output_dir, LOCK_FILE), f"{what} {output_dir}"):
+        yield

@@ -30,9 +30,8 @@ from .data.coop import COOP_DATASETS, coop_folder, load_coop_dataset
 from .data.coop_fewshot import base_new_classes, coop_few_shot, subsample_classes
 from .data.coop_splits import dataset_folder
 from .evaluation import evaluate_protocol, tokenize_classes
-from .locks import file_lock
 from .offline import has_random_weights
-from .output_dir import LOCK_FILE
+from .output_dir import lock_output_dir
 from .publishing import publish_files
 from .recipes import CROSS_DATASET_TARGETS, DOMAIN_SHIFT_DATASETS, TRAIN_DATASETS, reference_recipe
 from .trainer import SkipTrainer, make_accelerator
@@ -255,9 +254,7 @@ def run_benchmark(args: BenchmarkArguments, method: dict) -> dict:
         "mixed_precision": args.mixed_precision,
         "skip_config": method,
     }
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    # One benchmark at a time per --out: two would each rewrite results.json without the other's cells.
-    with file_lock(Path(args.output_dir, LOCK_FILE), f"the benchmark directory {args.output_dir}"):
+    with lock_output_dir(args.output_dir, "the benchmark directory"):  # one at a time: results.json is shared
         return _run_cells(args, method, cells, settings)
 
 
