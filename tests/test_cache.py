@@ -1,5 +1,6 @@
 import logging
 import math
+import os
 
 import pytest
 import torch
@@ -184,6 +185,26 @@ def test_interrupted_build_is_rebuilt(tmp_path, caplog):
         cache = build(model, cache_dir=tmp_path, images=images)
     assert images.calls == 3 and "incomplete" in caplog.text
     torch.testing.assert_close(cache.get(torch.arange(NUM_IMAGES), 0), build(model).get(torch.arange(NUM_IMAGES), 0))
+
+
+def test_a_folder_the_cache_did_not_write_is_never_deleted(tmp_path):
+    (tmp_path / "all").mkdir()
+    (tmp_path / "all" / "photo.jpg").write_bytes(b"mine")
+    with pytest.raises(FileExistsError, match="is not an image cache peft-skip wrote"):
+        build(tiny_clip(), cache_dir=tmp_path)
+    assert (tmp_path / "all" / "photo.jpg").read_bytes() == b"mine"
+
+
+def test_a_full_disk_while_the_cache_is_built_is_one_clear_error(tmp_path, monkeypatch):
+    import errno
+
+    def disk_full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", disk_full)
+    with pytest.raises(OSError, match="Not enough disk space for the image cache .* needed: No space left"):
+        build(tiny_clip(), cache_dir=tmp_path)
+    assert not (tmp_path / "all").exists()  # nothing half-written left to map
 
 
 def test_missing_completeness_marker_rebuilds(tmp_path, caplog):

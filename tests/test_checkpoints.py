@@ -239,3 +239,34 @@ def test_a_second_adapter_loads_next_to_the_first(saved):
     loaded.load_adapter(path, adapter_name="second")
     loaded.set_adapter("second")
     torch.testing.assert_close(loaded(**_inputs()).logits_per_image, model(**_inputs()).logits_per_image)
+
+
+@pytest.mark.parametrize(
+    "fingerprint",
+    [{"structure": "abc"}, {"structure": "abc", "probe": "x"}, "abc", {"structure": 1, "probe": [0.0] * 8}],
+    ids=["probe-missing", "probe-not-a-list", "not-a-dict", "structure-not-a-string"],
+)
+def test_a_crafted_fingerprint_is_one_clear_error(saved, fingerprint):
+    path, _ = saved
+    _edit_config(path, base_model_fingerprint=fingerprint)
+    with pytest.raises(ValueError, match="SkipConfig.base_model_fingerprint=.* is invalid"):
+        PeftModel.from_pretrained(tiny_clip(), path)
+
+
+def test_a_fingerprint_of_another_length_is_another_base_model(saved):
+    path, model = saved
+    probe = model.peft_config["default"].base_model_fingerprint
+    _edit_config(path, base_model_fingerprint={**probe, "probe": probe["probe"][:3]})
+    with pytest.raises(ValueError, match="saved fingerprint has 3 probes, not 8"):
+        PeftModel.from_pretrained(tiny_clip(), path)
+
+
+def test_non_finite_deltas_are_refused_before_the_model_is_touched(tmp_path):
+    model = get_peft_model(tiny_clip(), SkipConfig(skip_layers=2))
+    with torch.no_grad():
+        next(p for p in model.parameters() if p.requires_grad)[0] = float("nan")
+    model.save_pretrained(tmp_path)  # peft's own save: the trainer never writes such deltas
+    base = tiny_clip()
+    with pytest.raises(ValueError, match="holds non-finite values"):
+        PeftModel.from_pretrained(base, tmp_path, config=SkipConfig.from_pretrained(tmp_path))
+    assert _untouched(base)

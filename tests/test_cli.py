@@ -34,7 +34,8 @@ def test_train_eval_zero_shot(tiny_model, tmp_path, capsys):
     # The cache's messages reach the user; --no-progress silences every bar, the cache's too.
     assert "Building the image cache" in run.stderr and "it/s]" not in run.stderr.replace("\r", "\n")
     assert sorted(os.listdir(out)) == [
-        ".lock",  # held by the run while it writes (see run_state.claim_output_dir)
+        ".lock",  # held by the run while it writes (see output_dir.claim_output_dir)
+        ".peft-skip",  # the names peft-skip wrote here: only those are ever replaced
         "README.md",
         "adapter_config.json",
         "adapter_model.safetensors",
@@ -74,7 +75,7 @@ def test_base_to_new_resume(tiny_model, tmp_path):
     # Resuming a finished run trains no further epoch and keeps its result.
     assert main([*args, "--resume"]) == 0
     resumed = json.loads((tmp_path / "metrics.json").read_text())
-    assert resumed["resumed_from_epoch"] == 2 and resumed["history"] == []
+    assert resumed["resumed_from_epoch"] == 2 and resumed["history"] == metrics["history"]  # the whole run's
     assert resumed["tuned"] == metrics["tuned"]
 
 

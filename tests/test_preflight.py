@@ -47,6 +47,12 @@ def folder(tmp_path):
         (["--template", "a photo of a {} }"], "not a valid format string (Single '}'"),
         (["--lr", "nan"], "learning_rate=nan"),
         (["--lr", "inf"], "learning_rate=inf"),
+        (["--lr", "1e5"], "largest value is 65504"),
+        (["--config", "epochs: 1.5"], "num_train_epochs: 1.5 is invalid"),
+        (["--config", "shots: 2.5"], "shots: 2.5 is invalid"),
+        (["--config", "protocol: fewshot"], "'fewshot' is invalid; expected one of"),
+        (["--config", "data: [1"], "is not valid YAML or JSON at line 2"),
+        (["--config", "- a list"], "must hold option: value pairs"),
     ],
     ids=[
         "eval-batch-size-0",
@@ -55,9 +61,18 @@ def folder(tmp_path):
         "template-stray-brace",
         "lr-nan",
         "lr-inf",
+        "lr-beyond-float16",
+        "config-float-epochs",
+        "config-float-shots",
+        "config-bad-choice",
+        "config-yaml-syntax",
+        "config-not-a-mapping",
     ],
 )
 def test_bad_arguments_are_one_line_before_any_work(tiny_model, folder, tmp_path, capsys, flags, message):
+    if flags[0] == "--config":
+        (tmp_path / "c.yaml").write_text(flags[1] + "\n")
+        flags = ["--config", str(tmp_path / "c.yaml")]
     code = main(["train", "--model", tiny_model, "--data", str(folder), *FAST, "--out", str(tmp_path / "o"), *flags])
     captured = capsys.readouterr()
     assert code == 2 and "Traceback" not in captured.err

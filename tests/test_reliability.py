@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import peft
 import pytest
 import torch
 from peft import PeftModel
@@ -121,7 +124,11 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_model, tmp_path):
     assert _train(tiny_model, tmp_path / "killed", "--epochs", "3", "--resume") == 0
     expected, actual = _deltas(tmp_path / "whole"), _deltas(tmp_path / "killed")
     for key in expected:
-        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=1e-5, msg=key)
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0, msg=key)
+    history = json.loads((tmp_path / "killed" / "metrics.json").read_text())["history"]
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())["history"]
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert [row["loss"] for row in history] == [row["loss"] for row in whole]
 
 
 def test_detect_anomaly_is_on_during_training(tiny_model, tmp_path, monkeypatch):
@@ -167,3 +174,108 @@ def test_a_new_run_into_a_used_directory_replaces_its_checkpoints(tiny_model, tm
     second = _deltas(tmp_path / "checkpoints" / "epoch-0001")
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["epoch-0001"]
     assert any(not torch.equal(first[k], second[k]) for k in first)
+
+
+def _killed_staging_save(out) -> None:
+    """What a save killed while it wrote into the staging directory leaves."""
+    staging = out / ".adapter.tmp"
+    staging.mkdir(exist_ok=True)
+    (staging / "adapter_model.safetensors").write_bytes(b"\x10\x00")
+    (staging / "adapter_config.json").write_text('{"weights_sha')
+
+
+def test_a_full_disk_or_a_killed_save_of_the_adapter_keeps_the_previous_one(tiny_model, tmp_path, monkeypatch, capsys):
+    from safetensors import SafetensorError
+
+    assert _train(tiny_model, tmp_path, "--epochs", "1") == 0
+    previous = _deltas(tmp_path)
+    _killed_staging_save(tmp_path)
+    real_save = peft.peft_model.safe_save_file
+
+    def disk_full_in_staging(tensors, path, *args, **kwargs):
+        if ".adapter.tmp" in str(path):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real_save(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", disk_full_in_staging)
+    assert _train(tiny_model, tmp_path, "--epochs", "1", "--seed", "4") == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "Could not write the adapter" in line and "No space left" in line and "epoch-0001 is kept" in line
+    monkeypatch.undo()
+    assert all(torch.equal(previous[k], v) for k, v in _deltas(tmp_path).items())
+    PeftModel.from_pretrained(CLIPModel.from_pretrained(tiny_model), tmp_path)  # still one whole adapter
+
+    _killed_staging_save(tmp_path)
+    assert _train(tiny_model, tmp_path, "--epochs", "1", "--seed", "4") == 0  # the leftover does not block saves
+    assert not (tmp_path / ".adapter.tmp").exists()
+    assert any(not torch.equal(previous[k], v) for k, v in _deltas(tmp_path).items())
+
+
+def test_files_peft_skip_did_not_write_are_never_replaced(tiny_model, tmp_path, capsys):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "README.md").write_text("# my project\n")
+    (project / "setup.py").write_text("")
+    assert _train(tiny_model, project, "--epochs", "1") == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "holds files peft-skip did not write (README.md, setup.py)" in line and "--overwrite_output_dir" in line
+    assert sorted(os.listdir(project)) == ["README.md", "setup.py"]  # nothing written, not even a lock
+
+    assert _train(tiny_model, project, "--epochs", "1", "--overwrite_output_dir") == 0
+    assert (project / "README.md").read_text() == "# my project\n"  # kept: the model card is not written
+    assert (project / "adapter_model.safetensors").exists()
+    (project / "checkpoints" / "notes.txt").write_text("mine")
+    assert _train(tiny_model, project, "--epochs", "1", "--seed", "4", "--overwrite_output_dir") == 0
+    assert (project / "checkpoints" / "notes.txt").read_text() == "mine"  # a new run removes only its checkpoints
+
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "adapter_config.json").write_text("{}")
+    assert _train(tiny_model, tmp_path / "theirs", "--overwrite_output_dir") == 2
+    assert "adapter_config.json, which peft-skip did not write and would replace" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["model", "inside-model", "data"])
+def test_out_overlapping_the_model_or_the_data_is_refused(tiny_model, tmp_path, capsys, where):
+    out = {"model": tiny_model, "inside-model": os.path.join(tiny_model, "run"), "data": str(tmp_path)}[where]
+    data = ["--data", str(tmp_path)] if where == "data" else []
+    before = sorted(os.listdir(tiny_model))
+    assert _train(tiny_model, out, *data) == 2
+    assert "overlaps --" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert sorted(os.listdir(tiny_model)) == before
+
+
+def test_make_offline_model_never_writes_over_a_real_model(tiny_model, tmp_path, capsys):
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "config.json").write_text('{"model_type": "clip"}')
+    (real / "model.safetensors").write_bytes(b"weights")
+    assert main(["make-offline-model", "--out", str(real), "--arch", "tiny"]) == 2
+    assert "holds no offline model" in capsys.readouterr().err
+    assert (real / "model.safetensors").read_bytes() == b"weights"
+    assert main(["make-offline-model", "--out", tiny_model, "--arch", "tiny"]) == 0  # its own: rewritten
+
+
+def test_one_benchmark_at_a_time_per_out(tmp_path, monkeypatch):
+    from peft_skip import protocols
+    from peft_skip.locks import BusyError, file_lock
+
+    monkeypatch.setattr(protocols, "dataset_folder", lambda root, folder: None)
+    monkeypatch.setattr(protocols, "_run_cells", lambda *args: {"cells": []})
+    args = protocols.BenchmarkArguments(
+        protocol="few_shot", model="m", data_root=str(tmp_path), output_dir=str(tmp_path / "b"), datasets="eurosat"
+    )
+    (tmp_path / "b").mkdir()
+    errors = []
+
+    def second_benchmark():
+        try:
+            protocols.run_benchmark(args, {})
+        except BusyError as error:
+            errors.append(str(error))
+
+    with file_lock(tmp_path / "b" / ".lock", "another benchmark"):  # another thread waits or fails like a process
+        thread = threading.Thread(target=second_benchmark)
+        thread.start()
+        thread.join()
+    assert len(errors) == 1 and "the benchmark directory" in errors[0] and "is in use" in errors[0]
+    assert protocols.run_benchmark(args, {}) == {"cells": []}

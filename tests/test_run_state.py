@@ -17,6 +17,7 @@ from synthetic_images import write_folder
 import peft_skip  # noqa: F401
 from peft_skip import run_state, trainer
 from peft_skip.cli import main
+from peft_skip.output_dir import LOCK_FILE, claim_output_dir
 
 FAST = ["--shots", "4", "--skip-layers", "2", "--test-limit", "8", "--no-progress", "--lr", "1e-3", "--epochs", "1"]
 
@@ -106,6 +107,8 @@ def test_a_new_run_into_a_used_out_neither_loses_its_checkpoints_nor_resumes_ano
 def test_checkpoints_are_ordered_by_epoch_not_name(tmp_path):
     for name in ["epoch-9999", "epoch-10000", "epoch-0002", "epoch-0003.tmp", "epoch-0004.old.tmp"]:
         os.makedirs(tmp_path / "checkpoints" / name)
+        (tmp_path / "checkpoints" / name / run_state.TRAINER_STATE).touch()
+    os.makedirs(tmp_path / "checkpoints" / "epoch-0001")  # the user's: no trainer state of ours
     assert [os.path.basename(p) for p in run_state.list_checkpoints(str(tmp_path))] == [
         "epoch-0002",
         "epoch-9999",
@@ -125,8 +128,9 @@ def _hold_lock(path) -> subprocess.Popen:
 
 def test_one_run_at_a_time_per_out_and_a_killed_run_leaves_no_lock(models, folder, tmp_path, capsys):
     out = tmp_path / "run"
-    out.mkdir()
-    holder = _hold_lock(out / run_state.LOCK_FILE)
+    with claim_output_dir(str(out)):  # a directory of peft-skip's, as a running run leaves it
+        pass
+    holder = _hold_lock(out / LOCK_FILE)
     try:
         assert _train(models[0], folder, out) == 2
         captured = capsys.readouterr()
@@ -160,6 +164,20 @@ def test_a_truncated_trainer_state_is_one_clear_line(models, folder, tmp_path, c
     assert f"{state} is missing, truncated or corrupt" in line and "delete" in line
 
 
+def test_resume_applies_every_load_check_before_the_zero_shot_evaluation(models, folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(models[0], folder, out) == 0
+    weights = out / "checkpoints" / "epoch-0001" / "adapter_model.safetensors"
+    intact = weights.read_bytes()
+    for damage, message in [(intact[:-100], "corrupt or truncated"), (intact[:-4] + b"\0\0\0\1", "sha256 differs")]:
+        weights.write_bytes(damage)
+        capsys.readouterr()
+        assert _train(models[0], folder, out, "--resume") == 2
+        captured = capsys.readouterr()
+        assert "Cannot resume from" in captured.err and message in captured.err.strip().splitlines()[-1]
+        assert "zero-shot" not in captured.out
+
+
 def test_a_full_disk_inside_a_checkpoint_save_is_one_clear_line(models, folder, tmp_path, capsys, monkeypatch):
     def full(*args, **kwargs):
         raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
@@ -185,3 +203,21 @@ def test_a_lock_waits_for_its_holder_and_reports_busy_otherwise(tmp_path):
         with file_lock(tmp_path / "x.lock", "the thing"):  # re-entrant in one process
             pass
     holder.wait()
+
+
+def test_a_lock_that_is_a_link_is_refused_and_its_target_kept(models, folder, tmp_path, capsys):
+    from peft_skip.locks import file_lock
+
+    target = tmp_path / "precious.txt"
+    target.write_text("precious\n")
+    (tmp_path / "x.lock").symlink_to(target)
+    with pytest.raises(OSError, match="is a symbolic link"):
+        with file_lock(tmp_path / "x.lock", "the thing"):
+            pass
+    out = tmp_path / "run"
+    assert _train(models[0], folder, out) == 0
+    (out / LOCK_FILE).unlink()
+    (out / LOCK_FILE).symlink_to(target)
+    assert _train(models[0], folder, out) == 2
+    assert "is a symbolic link" in _last_line(capsys)
+    assert target.read_text() == "precious\n"

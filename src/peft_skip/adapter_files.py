@@ -121,3 +121,21 @@ def check_deltas_fit(checkpoint: dict[str, tuple[int, ...]], expected: dict[str,
             "The adapter's tensors do not fit this model: " + "; ".join(problems) + ". Check that the adapter was "
             "saved from this architecture with the same skip_layers."
         )
+
+
+def check_finite_tensors(path: str) -> None:
+    """Refuses a safetensors file holding a NaN or an infinity: deltas that would make every output NaN.
+
+    Raises:
+        ValueError: Naming the file and the first non-finite tensor.
+    """
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        for key in f.keys():
+            tensor = f.get_tensor(key)
+            if tensor.is_floating_point() and not tensor.isfinite().all():
+                raise ValueError(
+                    f"{path} holds non-finite values (NaN or infinity) in {key}: the training that saved it diverged. "
+                    "Retrain with a lower learning rate, or use an earlier checkpoint."
+                )

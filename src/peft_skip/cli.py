@@ -31,10 +31,10 @@ from .data import (
 )
 from .experiment import evaluate_saved, is_main_process, load_saved_adapter, train_and_evaluate
 from .export import ExportArguments, export_lora
+from .finite import NonFiniteLossError
 from .offline import OfflineModelArguments, make_offline_model
 from .protocols import BenchmarkArguments, run_benchmark
 from .recipes import REFERENCE_DATASETS, RecipeArguments, reference_recipe
-from .trainer import NonFiniteLossError
 from .training_args import SkipTrainingArguments, recipe_train_config
 
 logger = logging.getLogger("peft_skip")
@@ -171,6 +171,43 @@ def build_parser() -> argparse.ArgumentParser:
     return _build()[0]
 
 
+def _read_config_file(path: str) -> dict:
+    """The option values of a `--config` file (YAML reads JSON too), or one line saying what is wrong with it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ValueError(f"{path} is not valid YAML or JSON{line}: {getattr(error, 'problem', error)}.") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold option: value pairs, not a {type(values).__name__}.")
+    return values
+
+
+def _as_flag(action: argparse.Action, value, config_file: str):
+    """`value` of a `--config` file checked and converted exactly as the same value given as a flag would be."""
+    if value is None:
+        return None
+    convert = action.type or str
+    many = isinstance(value, list) and action.nargs in ("+", "*")
+    try:
+        if isinstance(value, (dict, list)) and not many:
+            raise ValueError
+        converted = [convert(str(v)) for v in value] if many else convert(str(value))
+    except (ValueError, TypeError, argparse.ArgumentTypeError):
+        raise ValueError(
+            f"{config_file}: {action.dest}: {value!r} is invalid; give what --{action.dest} takes on the command line "
+            f"({getattr(convert, '__name__', 'a value')})."
+        ) from None
+    bad = [v for v in (converted if many else [converted]) if action.choices and v not in action.choices]
+    if bad:
+        raise ValueError(
+            f"{config_file}: {action.dest}: {bad[0]!r} is invalid; expected one of {list(action.choices)}."
+        )
+    return converted
+
+
 def _parse(argv: Sequence[str] | None) -> tuple[str, list]:
     """The sub-command and its argument dataclasses, built from the flags over the `--config` file's values."""
     parser, parsers = _build()
@@ -180,8 +217,7 @@ def _parse(argv: Sequence[str] | None) -> tuple[str, list]:
     config.add_argument("--config")
     config_file = config.parse_known_args(argv)[0].config
     if command is not None and config_file:
-        with open(config_file, encoding="utf-8") as f:
-            from_file = yaml.safe_load(f) or {}  # YAML reads JSON too
+        from_file = _read_config_file(config_file)
         sub = parsers[command]
         # A key is a field's name or any of its flags without the dashes (`epochs`, `num-train-epochs`).
         dests = {o.lstrip("-").replace("-", "_"): a.dest for a in sub._actions for o in [a.dest, *a.option_strings]}
@@ -189,6 +225,8 @@ def _parse(argv: Sequence[str] | None) -> tuple[str, list]:
         if unknown:
             raise ValueError(f"{config_file} sets unknown options {unknown}; see `peft-skip {command} --help`.")
         from_file = {dests[key.replace("-", "_")]: value for key, value in from_file.items()}
+        actions = {action.dest: action for action in sub._actions}
+        from_file = {dest: _as_flag(actions[dest], value, config_file) for dest, value in from_file.items()}
         sub.set_defaults(**from_file)
         for action in sub._actions:
             action.required = action.required and action.dest not in from_file
@@ -212,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         command, arguments = _parse(argv)
         return _commands()[command][1](*arguments)
-    except (ValueError, FileNotFoundError, OSError) as error:
+    except (ValueError, FileNotFoundError, OSError, FloatingPointError) as error:
         print(f"peft-skip {command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -13,6 +13,7 @@ from .adapter_files import (
     CONFIG_NAME,
     STAGING_DIR,
     WEIGHTS_NAME,
+    check_finite_tensors,
     check_saved_config,
     file_sha256,
     read_tensor_shapes,
@@ -171,6 +172,27 @@ class SkipConfig(PeftConfig):
             f"one of {get_args(TokenDropMode)}",
         )
         _require("delta_dtype", self.delta_dtype, self.delta_dtype in STORAGE_DTYPES, f"one of {STORAGE_DTYPES}")
+        f = self.base_model_fingerprint
+        _require(
+            "base_model_fingerprint",
+            f,
+            f is None
+            or (
+                isinstance(f, dict)
+                and set(f) == {"structure", "probe"}
+                and isinstance(f["structure"], str)
+                and isinstance(f["probe"], list)
+                and all(_is_number(v) for v in f["probe"])
+            ),
+            "None or {'structure': str, 'probe': [numbers]} as saved",
+        )
+        _require(
+            "weights_sha256",
+            self.weights_sha256,
+            self.weights_sha256 is None or isinstance(self.weights_sha256, str),
+            "None or a hex string",
+        )
+        _require("verify_base_model", self.verify_base_model, isinstance(self.verify_base_model, bool), "a bool")
 
     def tower_skip_layers(self, tower: str) -> int:
         """ω of the `"vision"` or `"text"` tower."""
@@ -187,7 +209,7 @@ class SkipConfig(PeftConfig):
 
         Raises:
             ValueError: If the directory holds another method's adapter, a config with unknown fields, a corrupt
-                or truncated weights file, or weights from another save than the config.
+                or truncated weights file, weights from another save than the config, or non-finite deltas.
             FileNotFoundError: If the weights file next to the config is missing.
         """
         directory = os.path.join(pretrained_model_name_or_path, subfolder or "")
@@ -213,6 +235,7 @@ class SkipConfig(PeftConfig):
                         "come from different saves or one was modified. Restore both files from one save, or save "
                         "the adapter again."
                     )
+        check_finite_tensors(weights)
         config.saved_delta_shapes = shapes
         return config
 

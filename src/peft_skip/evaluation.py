@@ -74,7 +74,13 @@ def evaluate_accuracy(
     pixels = ordered_map(_Pixels(dataset, transform), batches, num_workers, pin_memory=device.type == "cuda")
     for (indices,), batch in zip(batches, pixels, strict=True):
         images = towers.image_features(batch.to(device))
-        predictions.extend(zip(indices, (images @ classes.T.to(images.dtype)).argmax(-1).tolist(), strict=True))
+        logits = images @ classes.T.to(images.dtype)
+        if not logits.isfinite().all():
+            raise FloatingPointError(
+                f"Non-finite logits for images {indices[0]}..{indices[-1]}: the model's weights or activations "
+                "overflowed, so no accuracy is reported. Evaluate in float32, or retrain with a lower learning rate."
+            )
+        predictions.extend(zip(indices, logits.argmax(-1).tolist(), strict=True))
     model.train(was_training)
     if state.num_processes > 1:
         predictions = gather_object(predictions)

@@ -29,10 +29,10 @@ from .data.splits import check_same_classes, check_shots
 from .evaluation import evaluate_protocol, summary, tokenize_classes
 from .hub import create_hub_repo, hub_repo_id, push_adapter
 from .offline import has_random_weights
+from .output_dir import check_out_apart, claim_output_dir
 from .precision import to_reference_fp16
 from .preflight import check_images_readable, check_launch
 from .recipes import REFERENCE_DATASETS
-from .run_state import claim_output_dir
 from .tracking import eval_scalars, start_tracking
 from .trainer import SkipTrainer, make_accelerator
 from .training_args import SkipTrainingArguments
@@ -85,8 +85,11 @@ def train_and_evaluate(
         NonFiniteLossError: The loss became NaN or infinite; the last good checkpoint is kept.
     """
     check_launch()
-    # An unusable or busy output_dir fails here, before the zero-shot evaluation and the first epoch.
-    with claim_output_dir(training.output_dir, main_process=is_main_process()):
+    spec = data.data.removeprefix("imagefolder:").removeprefix("hf:")
+    inputs = {"--model": model_args.model, "--data": spec, "--data_root": data.data_root}
+    check_out_apart(training.output_dir, inputs | {"--cache_dir": training.cache_dir})
+    # An unusable, foreign or busy output_dir fails here, before the zero-shot evaluation and the first epoch.
+    with claim_output_dir(training.output_dir, is_main_process(), training.overwrite_output_dir):
         return _train_and_evaluate(model_args, data, config, training)
 
 

@@ -42,6 +42,8 @@ def fingerprint_mismatch(expected: dict, actual: dict) -> str | None:
     """Why two fingerprints differ, or `None` if they describe the same weights."""
     if expected["structure"] != actual["structure"]:
         return "the parameter names or shapes differ (another architecture or size)"
+    if len(expected["probe"]) != len(actual["probe"]):
+        return f"the saved fingerprint has {len(expected['probe'])} probes, not {len(actual['probe'])}"
     a = torch.tensor(expected["probe"], dtype=torch.float64)
     b = torch.tensor(actual["probe"], dtype=torch.float64)
     distance = float((a - b).norm() / (a.norm() + b.norm() + 1e-12))

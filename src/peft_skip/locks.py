@@ -11,6 +11,7 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,8 +37,10 @@ def file_lock(path: str | os.PathLike, purpose: str, wait: bool = False) -> Iter
 
     Raises:
         BusyError: `wait=False` and another process holds the lock; the message names its pid.
+        OSError: `path` is a symbolic link or not a regular file (writing the pid would follow it elsewhere).
     """
-    key = os.path.realpath(path)
+    # The directory is resolved, the file itself never: a link named like the lock is refused, not followed.
+    key = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
     _held = _local.__dict__.setdefault("held", {})
     if key in _held:
         _held[key][1] += 1
@@ -46,7 +49,7 @@ def file_lock(path: str | os.PathLike, purpose: str, wait: bool = False) -> Iter
         finally:
             _held[key][1] -= 1
         return
-    handle = open(key, "a+", encoding="utf-8")
+    handle = _open_lock_file(key)
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -54,7 +57,7 @@ def file_lock(path: str | os.PathLike, purpose: str, wait: bool = False) -> Iter
             if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
             handle.seek(0)
-            holder = handle.read().strip() or "unknown"
+            holder = (handle.read().split() or ["unknown"])[-1]
             if not wait:
                 raise BusyError(
                     f"{purpose} is in use by another process (pid {holder}); wait for it to finish or use another "
@@ -73,3 +76,19 @@ def file_lock(path: str | os.PathLike, purpose: str, wait: bool = False) -> Iter
             del _held[key]
     finally:
         handle.close()  # closing the file releases the lock
+
+
+def _open_lock_file(path: str):
+    """`path` opened for reading and writing, created if missing; never through a symbolic link."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            raise
+        raise OSError(
+            f"The lock file {path} is a symbolic link; peft-skip never writes through one. Remove the link."
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"The lock file {path} is not a regular file; remove it or choose another directory.")
+    return os.fdopen(fd, "r+", encoding="utf-8")

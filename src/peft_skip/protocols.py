@@ -31,8 +31,9 @@ from .data.coop_fewshot import coop_few_shot
 from .data.coop_splits import dataset_folder
 from .evaluation import evaluate_protocol, tokenize_classes
 from .offline import has_random_weights
+from .output_dir import lock_output_dir
+from .publishing import publish_files
 from .recipes import CROSS_DATASET_TARGETS, DOMAIN_SHIFT_DATASETS, TRAIN_DATASETS, reference_recipe
-from .run_state import publish_files
 from .trainer import SkipTrainer, make_accelerator
 from .training_args import SkipTrainingArguments
 
@@ -258,6 +259,11 @@ def run_benchmark(args: BenchmarkArguments, method: dict) -> dict:
         "mixed_precision": args.mixed_precision,
         "skip_config": method,
     }
+    with lock_output_dir(args.output_dir, "the benchmark directory"):  # one at a time: results.json is shared
+        return _run_cells(args, method, cells, settings)
+
+
+def _run_cells(args: BenchmarkArguments, method: dict, cells: list[Cell], settings: dict) -> dict:
     results = _load_results(args, settings)
     done = {(r["dataset"], r["seed"]) for r in results["cells"]}
     accelerator = make_accelerator(args.mixed_precision)
@@ -289,7 +295,7 @@ def run_benchmark(args: BenchmarkArguments, method: dict) -> dict:
                 "seconds": time.perf_counter() - started,
                 "train_seconds": trained.train_seconds if cell is todo[0] else 0.0,
                 "resumed_from_epoch": trained.resumed_from_epoch,
-                "epochs": len(trained.history) + trained.resumed_from_epoch,
+                "epochs": len(trained.history),
                 "short_classes": short,
                 "peak_memory_mb": memory,
                 "memory_measure": measure,

@@ -5,8 +5,8 @@ scheduler and the run's identity), written whole under a temporary name and then
 every draw of a run is seeded by (seed, epoch, ...) keys, so an epoch draws the same numbers whether resumed or not.
 Only plain tensors and numbers are saved, so loading needs no pickle (`torch.load(weights_only=True)`).
 
-One run at a time writes to an output directory (`claim_output_dir`); a new run into a used one first removes the
-earlier run's checkpoints, so it can neither prune its own nor resume another's.
+A new run into a used output directory first removes the earlier run's checkpoints (those it wrote: they hold a trainer
+state), so it can neither prune its own nor resume another's. Files are published whole by `publishing.py`.
 """
 
 from __future__ import annotations
@@ -17,21 +17,22 @@ import json
 import logging
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
 
 import torch
-from peft.utils import load_peft_weights, set_peft_model_state_dict
+from peft.utils import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
+from safetensors import SafetensorError
 from torch import nn
 
-from .adapter_files import CONFIG_NAME, STAGING_DIR, WEIGHTS_NAME, file_sha256
-from .locks import file_lock
+from .adapter_files import STAGING_DIR, check_deltas_fit
+from .config import SkipConfig
+from .fingerprint import fingerprint_mismatch
+from .finite import check_finite_deltas
+from .output_dir import CARD_NAME, CHECKPOINTS_DIR, our_names
+from .publishing import finish_interrupted_publish, publish, publish_files
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINTS_DIR = "checkpoints"
 TRAINER_STATE = "trainer_state.pt"
-LOCK_FILE = ".lock"
 
 
 def _epoch_of(name: str) -> int | None:
@@ -45,35 +46,13 @@ def list_checkpoints(output_dir: str) -> list[str]:
     root = os.path.join(output_dir, CHECKPOINTS_DIR)
     if not os.path.isdir(root):
         return []
-    names = sorted((n for n in os.listdir(root) if _epoch_of(n) is not None), key=_epoch_of)
-    return [os.path.join(root, n) for n in names]
-
-
-@contextlib.contextmanager
-def claim_output_dir(output_dir: str, main_process: bool = True) -> Iterator[None]:
-    """Creates `output_dir` if needed, checks it is writable and holds its lock for the `with` block.
-
-    Call it before any expensive work: an unusable or busy directory fails at once. Only the main process of a
-    distributed run claims the directory (the others write nothing there).
-
-    Raises:
-        OSError: Naming the directory and the fix: it is a file, not writable, or in use by another run.
-    """
-    if not main_process:
-        yield
-        return
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise NotADirectoryError(f"--out {output_dir} is a file; give a directory (new or used by peft-skip).")
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-        with tempfile.TemporaryFile(dir=output_dir):
-            pass
-    except OSError as error:
-        raise OSError(
-            f"Cannot write to --out {output_dir} ({error.strerror or error}); choose a directory you can write to."
-        ) from None
-    with file_lock(os.path.join(output_dir, LOCK_FILE), f"the output directory {output_dir}"):
-        yield
+    # Ours: named by epoch and holding the trainer state a checkpoint is written with (a folder name alone is not).
+    names = [
+        n
+        for n in os.listdir(root)
+        if _epoch_of(n) is not None and os.path.isfile(os.path.join(root, n, TRAINER_STATE))
+    ]
+    return [os.path.join(root, n) for n in sorted(names, key=_epoch_of)]
 
 
 def start_new_run(output_dir: str) -> None:
@@ -83,7 +62,14 @@ def start_new_run(output_dir: str) -> None:
         logger.info(
             f"Removing {len(old)} checkpoint(s) of an earlier run in {output_dir} (pass --resume to continue it)."
         )
-    shutil.rmtree(os.path.join(output_dir, CHECKPOINTS_DIR), ignore_errors=True)
+    for path in old:
+        shutil.rmtree(path)
+    root = os.path.join(output_dir, CHECKPOINTS_DIR)
+    for name in os.listdir(root) if os.path.isdir(root) else []:
+        if name.endswith(".tmp") and os.path.isfile(os.path.join(root, name, "adapter_config.json")):
+            shutil.rmtree(os.path.join(root, name))  # an interrupted save of ours
+    with contextlib.suppress(OSError):
+        os.rmdir(root)  # only when nothing of the user's is in it
 
 
 def run_identity(args, config, train_set, prompts: dict[str, torch.Tensor]) -> dict:
@@ -120,6 +106,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     keep: int,
+    history: list[dict],
 ) -> None:
     """Writes the checkpoint of `epoch` completed epochs and keeps only the `keep` latest.
 
@@ -130,7 +117,9 @@ def save_checkpoint(
         identity (`dict`): Everything that changes the run's result; `load_checkpoint` compares it.
         optimizer, scheduler: Their states are saved.
         keep (`int`): Number of most recent checkpoints kept.
+        history (`list[dict]`): One row per completed epoch, so that a resumed run reports the whole run's.
     """
+    check_finite_deltas(model)
     final = os.path.join(output_dir, CHECKPOINTS_DIR, f"epoch-{epoch:04d}")
     tmp = final + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -139,13 +128,17 @@ def save_checkpoint(
         "identity": identity,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        "history": history,
+        # The trained weights themselves: base + saved delta is not always bit-equal to them in float32, and Adam
+        # turns such a rounding difference on a near-zero gradient into a whole step of lr.
+        "tuned": {name: p.detach() for name, p in model.named_parameters() if p.requires_grad},
     }
     try:
         model.save_pretrained(tmp)
         torch.save(state, os.path.join(tmp, TRAINER_STATE))
         # Published last, whole and on disk, so an interrupted save never looks like a complete checkpoint.
         publish(tmp, final)
-    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+    except (OSError, RuntimeError, SafetensorError) as error:  # torch.save reports a full disk as a RuntimeError
         previous = list_checkpoints(output_dir)
         kept = f"{previous[-1]} is kept" if previous else "no earlier checkpoint exists"
         raise OSError(
@@ -162,33 +155,60 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     device: torch.device | str,
-) -> int:
-    """Restores the latest checkpoint of the same run; returns the number of epochs it completed (0 if none).
+) -> tuple[int, list[dict]]:
+    """Restores the latest checkpoint of the same run exactly; returns the number of epochs it completed and their
+    history rows (0 and `[]` if none).
 
     Raises:
         ValueError: The checkpoint belongs to another run (its identity differs): names what differs.
     """
     checkpoints = list_checkpoints(output_dir)
     if not checkpoints:
-        return 0
+        return 0, []
     path = checkpoints[-1]
-    state = _read_state(path, identity)
+    state = _read_state(path, identity, model)
     set_peft_model_state_dict(model, load_peft_weights(path, device=str(device)))
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state.get("tuned", {}).items():
+            parameters[name].copy_(value)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    return state["epoch"]
+    return state["epoch"], state.get("history", [])
 
 
-def check_resumable(output_dir: str, identity: dict) -> None:
+def check_resumable(output_dir: str, identity: dict, model: nn.Module) -> None:
     """Raises now, before any expensive work, what `load_checkpoint` would raise: the latest checkpoint in
     `output_dir` is damaged or belongs to another run. Nothing to check without checkpoints."""
     checkpoints = list_checkpoints(output_dir)
     if checkpoints:
-        _read_state(checkpoints[-1], identity)
+        _read_state(checkpoints[-1], identity, model)
 
 
-def _read_state(path: str, identity: dict) -> dict:
-    """The trainer state of the checkpoint at `path`, after checking it belongs to the run of `identity`."""
+def _check_adapter_of(path: str, model: nn.Module) -> None:
+    """The checks `PeftModel.from_pretrained` applies to the checkpoint's adapter: whole files of one save, known
+    fields, finite deltas (`SkipConfig.from_pretrained`), the base model's fingerprint, the tensors' shapes."""
+    try:
+        saved = SkipConfig.from_pretrained(path)
+    except (ValueError, OSError) as error:
+        raise ValueError(f"Cannot resume from {path}: {error}") from None
+    current = model.peft_config[model.active_adapter].base_model_fingerprint
+    reason = fingerprint_mismatch(saved.base_model_fingerprint, current) if saved.base_model_fingerprint else None
+    if reason is None and saved.base_model_fingerprint is None:
+        reason = "it records no base-model fingerprint"
+    if reason is not None:
+        raise ValueError(f"Cannot resume from {path}: its adapter is for another base model ({reason}).")
+    try:
+        check_deltas_fit(
+            saved.saved_delta_shapes, {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+        )
+    except ValueError as error:
+        raise ValueError(f"Cannot resume from {path}: {error}") from None
+
+
+def _read_state(path: str, identity: dict, model: nn.Module) -> dict:
+    """The trainer state of the checkpoint at `path`, after checking it belongs to the run of `identity` and that its
+    adapter loads onto `model` with every check of `PeftModel.from_pretrained`."""
     try:
         state = torch.load(os.path.join(path, TRAINER_STATE), weights_only=True)
         saved = state["identity"]
@@ -204,72 +224,29 @@ def _read_state(path: str, identity: dict) -> dict:
             f"Cannot resume from {path}: it is another run ({details}). Resume with the same model, data and "
             "settings, or start a new run without --resume (or into another --out)."
         )
+    _check_adapter_of(path, model)
     return state
 
 
 def save_adapter(model: nn.Module, output_dir: str) -> None:
     """Saves the adapter into `output_dir`, each file replaced whole (see `publish_files`)."""
+    check_finite_deltas(model)
     tmp = os.path.join(output_dir, STAGING_DIR)
     finish_interrupted_publish(output_dir)
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    publish_files(tmp, output_dir)
-
-
-def finish_interrupted_publish(directory: str) -> None:
-    """Completes a `publish_files` interrupted after the weights were moved: the staged config that belongs to them
-    (same sha256) takes its place. Readers need not wait for this: `SkipConfig.from_pretrained` reads that config."""
-    staged = os.path.join(directory, STAGING_DIR, CONFIG_NAME)
-    weights = os.path.join(directory, WEIGHTS_NAME)
-    if not (os.path.isfile(staged) and os.path.isfile(weights)):
-        return
-    with open(staged, encoding="utf-8") as f:
-        belongs = json.load(f).get("weights_sha256") == file_sha256(weights)
-    if belongs:
-        os.replace(staged, os.path.join(directory, CONFIG_NAME))
-        _fsync(directory)
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        model.save_pretrained(tmp)
+        card = os.path.join(output_dir, CARD_NAME)
+        if os.path.lexists(card) and CARD_NAME not in our_names(output_dir):
+            logger.info(f"{card} is not peft-skip's: kept, the model card is not written.")
+            os.remove(os.path.join(tmp, CARD_NAME))
+        publish_files(tmp, output_dir)
+    except (OSError, RuntimeError, SafetensorError) as error:  # safetensors reports a full disk as its own error
+        shutil.rmtree(tmp, ignore_errors=True)
+        checkpoints = list_checkpoints(output_dir)
+        resume = f"; {checkpoints[-1]} is kept: free disk space and rerun with --resume" if checkpoints else ""
+        raise OSError(
+            f"Could not write the adapter to {output_dir} ({error}); nothing there was replaced{resume}."
+        ) from error
 
 
-def publish(tmp: str, final: str) -> None:
-    """Moves the complete directory `tmp` to `final` once its files are on disk.
-
-    A crash before the rename leaves `final` as it was (and a stale `tmp`, ignored and overwritten by the next save);
-    a crash after it leaves the new `final`. An existing `final` (a checkpoint of an earlier run in the same
-    directory) is first renamed to `<final>.old.tmp`, which nothing reads, then removed.
-    """
-    for name in os.listdir(tmp):
-        _fsync(os.path.join(tmp, name))
-    _fsync(tmp)
-    old = final + ".old.tmp"
-    if os.path.exists(final):
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    _fsync(os.path.dirname(os.path.abspath(final)))
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def publish_files(tmp: str, directory: str) -> None:
-    """Moves every file of the complete directory `tmp` into `directory`, one atomic rename each, then removes `tmp`.
-
-    The weights go first and `adapter_config.json` last, so every file in `directory` is always whole. A crash
-    between the two leaves the new weights next to the previous config; the config records its weights' sha256, so
-    `SkipConfig.from_pretrained` then reads the new config still waiting in `tmp` (`STAGING_DIR`): the directory
-    always reads as one whole adapter, the previous or the new one. The next save completes the move.
-    """
-    names = sorted(os.listdir(tmp), key=lambda name: name == CONFIG_NAME)
-    for name in names:
-        _fsync(os.path.join(tmp, name))
-    os.makedirs(directory, exist_ok=True)
-    for name in names:
-        os.replace(os.path.join(tmp, name), os.path.join(directory, name))
-    _fsync(directory)
-    os.rmdir(tmp)

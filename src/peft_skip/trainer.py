@@ -26,14 +26,14 @@ from .batches import check_batches, class_batches, uses_class_batches
 from .cache import ImageCache
 from .config import SkipConfig
 from .data.augmented import AugmentedImages, seeded_generator
+from .finite import NonFiniteLossError, has_non_finite, non_finite_error  # noqa: F401 (part of the API)
 from .loss import SkipTuningStep
 from .offload import FrozenOffload, idle_parameters
+from .output_dir import claim_output_dir
 from .precision import COMPUTE_DTYPES, to_reference_fp16
 from .preflight import warn_if_untrainable
 from .run_state import (
     check_resumable,
-    claim_output_dir,
-    list_checkpoints,
     load_checkpoint,
     run_identity,
     save_adapter,
@@ -66,15 +66,11 @@ def make_accelerator(
     return Accelerator(mixed_precision=mixed_precision, cpu=cpu, log_with=trackers, project_dir=log_dir)
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
-
-
 @dataclass
 class TrainResult:
     """What a training run did, per epoch and in total."""
 
-    history: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # every epoch of the run, those before a resume included
     cache_bytes: int = 0
     cache_seconds: float = 0.0
     train_seconds: float = 0.0
@@ -139,7 +135,8 @@ class SkipTrainer:
     def check_resume(self) -> None:
         """Raises if the latest checkpoint in `output_dir` is damaged or of another run (naming what differs); for
         callers that want to know before any expensive work. `train` checks it again."""
-        check_resumable(self.args.output_dir, run_identity(self.args, self.config, self.train_set, self.prompts))
+        identity = run_identity(self.args, self.config, self.train_set, self.prompts)
+        check_resumable(self.args.output_dir, identity, self.model)
 
     def train(self, resume_from_checkpoint: bool | None = None) -> TrainResult:
         """Runs the training and saves the adapter to `args.output_dir`.
@@ -152,7 +149,8 @@ class SkipTrainer:
             NonFiniteLossError: The loss became NaN or infinite; the last good checkpoint is kept.
             OSError: `output_dir` is unusable or another run is writing to it.
         """
-        with claim_output_dir(self.args.output_dir, self.accelerator.is_main_process):
+        args = self.args
+        with claim_output_dir(args.output_dir, self.accelerator.is_main_process, args.overwrite_output_dir):
             return self._train(resume_from_checkpoint)
 
     def _train(self, resume_from_checkpoint: bool | None) -> TrainResult:
@@ -175,7 +173,7 @@ class SkipTrainer:
         result = TrainResult()
         identity = run_identity(args, self.config, self.train_set, self.prompts)
         if resume_from_checkpoint:
-            result.resumed_from_epoch = load_checkpoint(
+            result.resumed_from_epoch, result.history = load_checkpoint(
                 self.model, args.output_dir, identity, optimizer, scheduler, accelerator.device
             )
         elif accelerator.is_main_process:
@@ -212,9 +210,13 @@ class SkipTrainer:
                 scheduler.step()
             result.history.append(stats.row(epoch + 1, lrs, time.perf_counter() - epoch_start, cache_seconds))
             accelerator.log(epoch_scalars(result.history[-1]), step=epoch + 1)
+            if has_non_finite(self._trained()):
+                raise non_finite_error("weight", args.output_dir, epoch)
             if accelerator.is_main_process:
                 keep = args.save_total_limit
-                save_checkpoint(self.model, args.output_dir, epoch + 1, identity, optimizer, scheduler, keep)
+                save_checkpoint(
+                    self.model, args.output_dir, epoch + 1, identity, optimizer, scheduler, keep, result.history
+                )
             accelerator.wait_for_everyone()
         bar.close()
         result.train_seconds = time.perf_counter() - started
@@ -234,6 +236,8 @@ class SkipTrainer:
             group = batches[i * args.gradient_accumulation_steps : (i + 1) * args.gradient_accumulation_steps]
             lrs = {param_group["name"]: param_group["lr"] for param_group in optimizer.param_groups}
             self._optimizer_step(step, cache, group, epoch, i, stats)
+            if has_non_finite([p.grad for p in self._trained() if p.grad is not None]):
+                raise non_finite_error("gradient", args.output_dir, epoch, i)
             optimizer.step()
             if step_scheduler is not None:
                 step_scheduler.step()
@@ -241,6 +245,9 @@ class SkipTrainer:
             bar.update(1)
             bar.set_postfix(loss=f"{stats.loss / stats.images:.4f}", acc=f"{stats.correct / stats.images:.3f}")
         return stats, lrs
+
+    def _trained(self) -> list[torch.Tensor]:
+        return [p for p in self.model.parameters() if p.requires_grad]
 
     def _batches(self, epoch: int) -> list[torch.Tensor]:
         """The epoch's batches of global image indices, the same in every process."""
@@ -284,12 +291,7 @@ class SkipTrainer:
                 )
                 loss_sum, correct, images, kept, batches = accelerator.reduce(totals, reduction="sum").tolist()
                 if not math.isfinite(loss_sum):
-                    last_good = list_checkpoints(self.args.output_dir)
-                    raise NonFiniteLossError(
-                        f"Non-finite loss ({loss_sum}) at epoch {epoch + 1}, step {index + 1}; training stopped. "
-                        f"Last good checkpoint: {last_good[-1] if last_good else 'none (failed in epoch 1)'}. "
-                        "Lower the learning rate or use mixed_precision='no'."
-                    )
+                    raise non_finite_error(f"loss ({loss_sum})", self.args.output_dir, epoch, index)
                 accelerator.backward(out.loss)
             stats.loss += loss_sum
             stats.correct += int(correct)

@@ -20,6 +20,8 @@ from .config import StorageDtype
 from .recipes import PROTOCOLS, REFERENCE_DATASETS, Recipe, reference_recipe
 from .tracking import ReportTo, tracker_names
 
+_FLOAT16_MAX = 65504.0
+
 
 def _arg(default, help: str, *aliases: str, **kwargs):
     """A field with its command-line help and aliases (read by `transformers.HfArgumentParser`)."""
@@ -37,6 +39,12 @@ class SkipTrainingArguments:
 
     output_dir: str = field(
         metadata={"help": "Where the adapter, metrics.json and per-epoch checkpoints go.", "aliases": ["--out"]},
+        compare=False,
+    )
+    overwrite_output_dir: bool = _arg(
+        False,
+        "Write into an output_dir that holds files peft-skip did not write; they are kept (never replaced or "
+        "emptied), and one at a name a run writes is still refused.",
         compare=False,
     )
     protocol: Literal[PROTOCOLS] = _arg(
@@ -197,6 +205,13 @@ class SkipTrainingArguments:
         bad = ", ".join(f"{name}={rate}" for name, rate in rates.items() if not 0 < rate < math.inf)
         if bad:
             raise ValueError(f"Learning rates must be finite and > 0; got {bad}.")
+        # The float16 SGD update multiplies by -lr in float16: a larger rate is no float16 number at all.
+        too_large = ", ".join(f"{name}={rate}" for name, rate in rates.items() if rate > _FLOAT16_MAX)
+        if self.precision == "fp16_reference" and too_large:
+            raise ValueError(
+                f"precision='fp16_reference' updates float16 weights, whose largest value is {_FLOAT16_MAX}; got "
+                f"{too_large}. Use a smaller learning rate, or precision='fp32'."
+            )
         if not self.push_to_hub and (self.hub_model_id is not None or self.hub_private_repo is not None):
             raise ValueError(
                 "hub_model_id / hub_private_repo are set but push_to_hub is not: add --push_to_hub to upload the "

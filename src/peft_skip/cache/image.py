@@ -8,6 +8,7 @@ import inspect
 import json
 import logging
 import math
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -234,6 +235,11 @@ class ImageCache:
                 logger.info(f"Reusing the image cache at {path} ({human_bytes(states.nbytes)}).")
                 return cls(states, indices, num_images, dtype, key, path)
             logger.info(f"Building the image cache at {path}: {reason}.")
+            if path.exists() and any(path.iterdir()) and not (path / _META_FILE).is_file():
+                raise FileExistsError(
+                    f"{path} exists but is not an image cache peft-skip wrote (no {_META_FILE}); move it away or "
+                    "choose another --cache-dir."
+                )
             # The marker goes first so that a build interrupted from now on is never taken for a complete one.
             (path / _COMPLETE_FILE).unlink(missing_ok=True)
             if path.exists():
@@ -292,7 +298,21 @@ def _reuse_problem(path: Path, key: dict) -> str | None:
 def _allocate(path: Path | None, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | np.ndarray:
     if path is None:
         return torch.empty(shape, dtype=dtype)
-    return np.lib.format.open_memmap(path / _STATES_FILE, mode="w+", dtype=_NUMPY_STORAGE[dtype], shape=shape)
+    states = np.lib.format.open_memmap(path / _STATES_FILE, mode="w+", dtype=_NUMPY_STORAGE[dtype], shape=shape)
+    # The file is sparse until written; on a full disk a write through the memory map is a SIGBUS, so the space is
+    # reserved now, where a full disk is an ordinary error.
+    size = os.path.getsize(path / _STATES_FILE)
+    try:
+        with open(path / _STATES_FILE, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, size)
+    except OSError as error:
+        del states
+        shutil.rmtree(path, ignore_errors=True)
+        raise OSError(
+            f"Not enough disk space for the image cache at {path} ({human_bytes(size)} needed: {error.strerror}); "
+            "free space, choose another --cache-dir, or leave it unset (in memory)."
+        ) from None
+    return states
 
 
 def _write(

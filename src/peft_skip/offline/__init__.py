@@ -8,6 +8,7 @@ Their accuracies mean nothing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,6 +223,7 @@ def make_offline_model(
         raise ValueError(f"Unknown arch {arch!r}; choose one of {sorted(_ARCHS)}.")
     if family not in OFFLINE_FAMILIES:
         raise ValueError(f"Unknown family {family!r}; choose one of {sorted(OFFLINE_FAMILIES)}.")
+    _check_replaceable(Path(out_dir))
     classes = OFFLINE_FAMILIES[family]
     tokenizer = classes.tokenizer(_corpus(list(class_names or [])), None if arch == "tiny" else classes.vocab_size)
     tokenizer.model_max_length = classes.max_length
@@ -241,6 +243,25 @@ def make_offline_model(
         "its accuracy means nothing.\n"
     )
     return out_dir
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """Refuses to write over a directory that holds anything but an offline model (a real checkpoint, say).
+
+    Raises:
+        FileExistsError: Naming the directory.
+    """
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    try:
+        ours = json.loads((out_dir / "config.json").read_text()).get(RANDOM_WEIGHTS) is True
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise FileExistsError(
+            f"--out {out_dir} is not empty and holds no offline model of peft-skip's (a real model's weights would be "
+            "replaced); choose a new or empty directory."
+        )
 
 
 def has_random_weights(model) -> bool:
