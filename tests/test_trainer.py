@@ -463,7 +463,7 @@ def test_resume_with_dropout_equals_uninterrupted_without_a_saved_random_state(t
     for name, expected in deltas(uninterrupted).items():
         torch.testing.assert_close(deltas(resumed)[name], expected, rtol=0, atol=1e-6, msg=name)
     state = torch.load(tmp_path / "b" / "checkpoints" / "epoch-0002" / "trainer_state.pt", weights_only=True)
-    assert set(state) == {"epoch", "identity", "optimizer", "scheduler"}
+    assert set(state) == {"epoch", "identity", "optimizer", "scheduler", "history", "tuned"}  # no random state
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):

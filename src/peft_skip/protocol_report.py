@@ -1,4 +1,4 @@
-"""The tables and the figure of `peft-skip benchmark`: the paper's layout, mean ± std over seeds, from results.json.
+"""`peft-skip benchmark`'s record (results.json, read and replaced whole), its tables and its figure.
 
 Base-to-new and few-shot: one row per dataset and an average row. Cross-dataset and domain generalisation: one row,
 ImageNet (the source) and every target as columns, then the average over the targets. As in the papers, the HM of a
@@ -8,11 +8,18 @@ per-dataset means; its ± is the std over seeds of the per-seed averages (shown 
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import statistics
 from collections.abc import Sequence
+from pathlib import Path
 
 from .evaluation import harmonic_mean
+from .publishing import publish_files
+
+FORMAT = "peft-skip/benchmark-v1"
+RESULTS = "results.json"
 
 # Published ViT-B/16 averages (/work/shared/SKIP_TUNING.md, "Published results"); the per-dataset values of the
 # paper's tables are not in this project's sources, so only these are shown next to ours.
@@ -155,3 +162,32 @@ def write_figure(output_dir: str, results: dict) -> str | None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def write_results(output_dir: str, results: dict) -> None:
+    """results.json and results.md, each replaced whole (a crash leaves the previous or the new file)."""
+    tmp = os.path.join(output_dir, ".results.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    Path(tmp, RESULTS).write_text(json.dumps(results, indent=2))
+    Path(tmp, "results.md").write_text(results_markdown(results))
+    publish_files(tmp, output_dir)
+
+
+def load_results(output_dir: str, protocol: str, settings: dict) -> dict:
+    """The results of earlier runs into `output_dir`, which must be of the same benchmark; else a new record."""
+    path = Path(output_dir, RESULTS)
+    if not path.exists():
+        return {"format": FORMAT, "protocol": protocol, "settings": settings, "cells": []}
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is unreadable ({err}); move it away to start the benchmark afresh.") from err
+    if not isinstance(results, dict) or results.get("format") != FORMAT or results.get("protocol") != protocol:
+        raise ValueError(f"{path} is not a {protocol} benchmark; use another --out.")
+    changed = {k: (results["settings"].get(k), v) for k, v in settings.items() if results["settings"].get(k) != v}
+    if changed:
+        raise ValueError(
+            f"{path} was run with other settings (then, now): {changed}; use the same ones or another --out."
+        )
+    return results

@@ -13,13 +13,10 @@ checkpoints, so an interrupted cell resumes where it stopped; a finished cell is
 from __future__ import annotations
 
 import gc
-import json
 import os
 import resource
-import shutil
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -32,13 +29,11 @@ from .data.coop_splits import dataset_folder
 from .evaluation import evaluate_protocol, tokenize_classes
 from .offline import has_random_weights
 from .output_dir import lock_output_dir
-from .publishing import publish_files
+from .protocol_report import load_results, write_results
 from .recipes import CROSS_DATASET_TARGETS, DOMAIN_SHIFT_DATASETS, TRAIN_DATASETS, reference_recipe
 from .trainer import SkipTrainer, make_accelerator
 from .training_args import SkipTrainingArguments
 
-FORMAT = "peft-skip/benchmark-v1"
-RESULTS = "results.json"
 # The datasets a protocol runs when `--datasets` is not given (for the ImageNet-trained protocols: the targets).
 DEFAULT_DATASETS = {
     "few_shot": TRAIN_DATASETS,
@@ -163,37 +158,6 @@ def _peak_memory() -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"  # KiB on Linux
 
 
-def _write_results(output_dir: str, results: dict) -> None:
-    """results.json and results.md, each replaced whole (a crash leaves the previous or the new file)."""
-    from .protocol_report import results_markdown
-
-    tmp = os.path.join(output_dir, ".results.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    Path(tmp, RESULTS).write_text(json.dumps(results, indent=2))
-    Path(tmp, "results.md").write_text(results_markdown(results))
-    publish_files(tmp, output_dir)
-
-
-def _load_results(args: BenchmarkArguments, settings: dict) -> dict:
-    """The results of earlier runs into `output_dir`, which must be of the same benchmark; else a new record."""
-    path = Path(args.output_dir, RESULTS)
-    if not path.exists():
-        return {"format": FORMAT, "protocol": args.protocol, "settings": settings, "cells": []}
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is unreadable ({err}); move it away to start the benchmark afresh.") from err
-    if not isinstance(results, dict) or results.get("format") != FORMAT or results.get("protocol") != args.protocol:
-        raise ValueError(f"{path} is not a {args.protocol} benchmark; use another --out.")
-    changed = {k: (results["settings"].get(k), v) for k, v in settings.items() if results["settings"].get(k) != v}
-    if changed:
-        raise ValueError(
-            f"{path} was run with other settings (then, now): {changed}; use the same ones or another --out."
-        )
-    return results
-
-
 def _train(args: BenchmarkArguments, method: dict, dataset: str, seed: int, accelerator):
     """Trains (or resumes) the model of `dataset` and `seed`; returns it, its processor, the base/new classes, the
     training result and the short classes (kept whole with fewer than `shots` images)."""
@@ -264,7 +228,7 @@ def run_benchmark(args: BenchmarkArguments, method: dict) -> dict:
 
 
 def _run_cells(args: BenchmarkArguments, method: dict, cells: list[Cell], settings: dict) -> dict:
-    results = _load_results(args, settings)
+    results = load_results(args.output_dir, args.protocol, settings)
     done = {(r["dataset"], r["seed"]) for r in results["cells"]}
     accelerator = make_accelerator(args.mixed_precision)
     say, main = accelerator.print, accelerator.is_main_process
@@ -303,7 +267,7 @@ def _run_cells(args: BenchmarkArguments, method: dict, cells: list[Cell], settin
             }
             results["cells"].append(record)
             if main:
-                _write_results(args.output_dir, results)
+                write_results(args.output_dir, results)
             accelerator.wait_for_everyone()
             number += 1
             say(
@@ -317,7 +281,7 @@ def _run_cells(args: BenchmarkArguments, method: dict, cells: list[Cell], settin
             torch.cuda.empty_cache()
     if main:
         os.makedirs(args.output_dir, exist_ok=True)
-        _write_results(args.output_dir, results)
+        write_results(args.output_dir, results)
         from .protocol_report import write_figure
 
         figure = write_figure(args.output_dir, results)
