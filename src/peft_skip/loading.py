@@ -32,7 +32,7 @@ _DOWNLOAD_KEYS = ("cache_dir", "force_download", "proxies", "local_files_only", 
 
 def _is_skip_adapter(peft_model_id: str | None, peft_config: PeftConfig | None, download: dict) -> bool:
     if peft_config is not None:
-        return peft_config.peft_type == PEFT_TYPE
+        return getattr(peft_config, "peft_type", None) == PEFT_TYPE
     if peft_model_id is None:
         return False
     config_file = find_adapter_config_file(peft_model_id, **download)
