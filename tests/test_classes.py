@@ -17,7 +17,9 @@ def normalised(x: torch.Tensor) -> torch.Tensor:
     [
         (10, 0.5, 50, 5),
         (11, 0.5, 50, 6),  # ceil
-        (30, 0.1, 50, 3),  # 0.1 * 30 is 3.0000000000000004 in floats
+        (30, 0.1, 50, 3),
+        (100, 0.07, 50, 7),  # 0.07 * 100 is 7.000000000000001 in floats: ceil alone gives 8
+        (25, 0.56, 50, 14),  # 14.000000000000002
         (200, 0.5, 50, 50),  # max_classes caps
         (10, 3, 50, 3),  # a count above 1
         (10, 3.7, 50, 3),
@@ -49,7 +51,8 @@ def test_rank_keep_probabilities():
     # A larger scale decays more slowly.
     assert torch.all(rank_keep_probabilities(20, 1.0)[1:-1] > p[1:-1])
     assert rank_keep_probabilities(0, 0.3).shape == (0,)
-    assert rank_keep_probabilities(1, 0.3).tolist() == [1.0]
+    # One rank after the top K: the reference normalises 0/0 and never keeps it.
+    assert rank_keep_probabilities(1, 0.3).tolist() == [0.0]
     with pytest.raises(ValueError):
         rank_keep_probabilities(5, 0.0)
 

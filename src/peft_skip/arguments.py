@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .data import TEMPLATES, build_prompts
+from .data import TEMPLATES, ImageDecoding, build_prompts
+from .data.coop import COOP_DATASETS
 
 
 @dataclass
@@ -44,6 +45,14 @@ class DataArguments:
             "default: the whole split."
         },
     )
+    image_decoding: ImageDecoding | None = field(
+        default=None,
+        metadata={
+            "help": "How image files become RGB: dassl (PIL open + convert('RGB') only, as the paper's code reads "
+            "them), or robust (EXIF orientation applied, transparent pixels on white). Default: dassl for the "
+            "paper's datasets (CoOp names, the recipe's image_decoding), robust otherwise."
+        },
+    )
     per_device_eval_batch_size: int = field(
         default=64, metadata={"help": "Images per forward pass when evaluating.", "aliases": ["--eval-batch-size"]}
     )
@@ -55,7 +64,15 @@ class DataArguments:
             raise ValueError(
                 f"per_device_eval_batch_size={self.per_device_eval_batch_size} is invalid; expected >= 1."
             )
+        if self.image_decoding not in (None, "robust", "dassl"):
+            raise ValueError(f"image_decoding={self.image_decoding!r} is invalid; expected 'dassl' or 'robust'.")
         build_prompts(["class"], self.resolved_template())  # a bad template fails here, before any model is loaded
+
+    def resolved_decoding(self) -> str:
+        """The decoding given, else the paper's (Dassl's) for its datasets, else the robust one."""
+        if self.image_decoding is not None:
+            return self.image_decoding
+        return "dassl" if self.data in COOP_DATASETS else "robust"
 
     def resolved_template(self) -> str:
         """The template given, else the data set's, else the default one."""

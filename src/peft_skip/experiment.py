@@ -52,7 +52,7 @@ def test_set(data: DataArguments) -> ImageDataset:
     test = load_dataset_spec(data.data, data.split, data_root=data.data_root)
     if data.test_limit and data.test_limit < len(test):
         test = test.subset(sorted(random.Random(0).sample(range(len(test)), data.test_limit)))
-    return test
+    return test.with_decoding(data.resolved_decoding())
 
 
 def _write_json(path: str, payload: dict) -> None:
@@ -103,6 +103,7 @@ def _train_and_evaluate(
     base_new = split_base_new(train_set.class_names) if training.protocol == "base_to_new" else None
     if base_new is not None:
         train_set = subset_classes(train_set, base_new[0])
+    train_set = train_set.with_decoding(data.resolved_decoding())
     check_images_readable(train_set)
     repo_id = None
     if training.push_to_hub and accelerator.is_main_process:
@@ -144,6 +145,7 @@ def _train_and_evaluate(
         "model": model_args.model,
         "random_weights": has_random_weights(model.get_base_model()),
         "data": dataclasses.asdict(data) | {"template": template},
+        "train_classes": train_set.class_names,  # under base-to-new, the base classes only
         "num_processes": accelerator.num_processes,
         "training_arguments": training.run_identity(),
         "skip_config": config.method_settings(),

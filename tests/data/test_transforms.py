@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import PIL.Image
 import pytest
 import torch
@@ -63,6 +64,33 @@ def test_train_transform_full_scale_is_a_resize_or_its_mirror():
     assert flips == {True, False}
 
 
+@pytest.mark.parametrize("scale", [(0.25, 0.25), (0.5, 0.5), (0.1, 0.9)])
+def test_train_crop_area_follows_scale(scale):
+    """The random resized crop covers a fraction of the image's area drawn uniformly from `scale`."""
+    # Red is the column, green the row: the output's range of each tells the crop's width and height.
+    grid = np.stack(np.meshgrid(np.arange(200), np.arange(200)), axis=-1).astype(np.uint8)
+    image = PIL.Image.fromarray(np.concatenate([grid, np.zeros((200, 200, 1), np.uint8)], axis=-1))
+    transform = ImageTransform(50, [0.0] * 3, [1 / 255] * 3, train=True, scale=scale, ratio=(1.0, 1.0))
+    areas = []
+    for seed in range(40):
+        view = transform(image, torch.Generator().manual_seed(seed))
+        width, height = (float(view[c].max() - view[c].min()) + 1 for c in (0, 1))
+        areas.append(width * height / 200**2)
+    assert sum(areas) / len(areas) == pytest.approx(sum(scale) / 2, abs=0.05)
+    assert min(areas) >= scale[0] - 0.03 and max(areas) <= scale[1] + 0.03
+
+
 def test_transform_converts_grey_input():
     out = ImageTransform(8, [0.0] * 3, [1.0] * 3, train=False)(PIL.Image.new("L", (10, 8), 51))
     torch.testing.assert_close(out, torch.full((3, 8, 8), 0.2))
+
+
+@pytest.mark.parametrize("extra, top", [(1, 0), (3, 2), (5, 2), (6, 3)])
+def test_center_crop_offset_rounds_as_torchvision(extra, top):
+    """Dassl's test transform crops with torchvision's `center_crop`, whose offset is `round(extra / 2)` (half to
+    even), not `extra // 2`."""
+    rows = torch.arange(24 + extra, dtype=torch.uint8).view(-1, 1, 1).expand(-1, 24, 3).contiguous()
+    image = PIL.Image.fromarray(rows.numpy())
+    transform = ImageTransform(24, [0.0] * 3, [1.0] * 3, train=False, resample=PIL.Image.NEAREST)
+    first_row = round(float(transform(image)[0, 0, 0]) * 255)
+    assert first_row == top

@@ -15,7 +15,7 @@ array / HF dataset) and integer labels. Images are decoded lazily and always com
 """
 
 from .builtin import DIGITS_CLASSES, FASHION_MNIST_CLASSES, load_digits, load_fashion_mnist
-from .dataset import ImageDataset, ImageSource, read_image, to_rgb
+from .dataset import ImageDataset, ImageDecoding, ImageSource, read_image, to_rgb
 from .loaders import IMAGE_EXTENSIONS, from_hf_dataset, load_dataset_spec, load_hf_dataset, load_image_folder
 from .prompts import TEMPLATES, build_prompts
 from .splits import sample_few_shot, split_base_new, subset_classes
@@ -27,6 +27,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "TEMPLATES",
     "ImageDataset",
+    "ImageDecoding",
     "ImageSource",
     "ImageTransform",
     "build_prompts",
