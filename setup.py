@@ -1,4 +1,11 @@
+import os
+import runpy
+
 from setuptools import find_packages, setup
+
+# The tested ranges of the Hugging Face stack, declared once: `import peft_skip` refuses anything outside them.
+HERE = os.path.dirname(os.path.abspath(__file__))
+TESTED = runpy.run_path(os.path.join(HERE, "src", "peft_skip", "versions.py"))["TESTED"]
 
 setup(
     name="peft-skip",
@@ -16,10 +23,10 @@ setup(
     },
     python_requires=">=3.10",
     install_requires=[
-        "torch>=2.4",
-        "transformers>=5.0,<6",
-        "peft>=0.21,<0.22",
-        "accelerate>=1.0",
+        # CI runs torch 2.13 (constraints.txt); a newer torch pulls several GB of CUDA wheels.
+        "torch>=2.13",
+        *(f"{name}{spec}" for name, spec in TESTED.items()),
+        "packaging",  # `peft_skip.versions`
         # The adapter file format: peft writes it, `adapter_files.py` checks it before loading.
         "safetensors>=0.4",
         # `peft_skip.metrics`: metric modules that `evaluate.load` reads from the installed package, offline.

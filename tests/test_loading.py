@@ -10,7 +10,15 @@ import shutil
 import pytest
 import torch
 from conftest import image_batch, text_batch, tiny_clip
-from peft import AutoPeftModel, PeftModel, get_peft_model
+from peft import (
+    AutoPeftModel,
+    PeftModel,
+    get_peft_model,
+    get_peft_model_state_dict,
+    inject_adapter_in_model,
+    load_peft_weights,
+    set_peft_model_state_dict,
+)
 from transformers import AutoModel, CLIPModel
 
 import peft_skip  # noqa: F401
@@ -60,6 +68,19 @@ def _untouched(model) -> bool:
     )
 
 
+def _transformers_load_adapter(path, **kwargs):
+    model = tiny_clip()
+    model.load_adapter(str(path), **kwargs)
+    return model
+
+
+def _injected(path, low_cpu_mem_usage=False):
+    """peft's low-level API: the tuner injected into the plain model, then the saved deltas set."""
+    model = inject_adapter_in_model(SkipConfig.from_pretrained(path), tiny_clip(), low_cpu_mem_usage=low_cpu_mem_usage)
+    set_peft_model_state_dict(model, load_peft_weights(str(path)), low_cpu_mem_usage=low_cpu_mem_usage)
+    return model
+
+
 def _second_adapter(path, **kwargs):
     model = PeftModel.from_pretrained(tiny_clip(), path, adapter_name="first")
     model.load_adapter(path, adapter_name="second", **kwargs)
@@ -81,6 +102,13 @@ def _second_adapter(path, **kwargs):
         lambda path: _second_adapter(path, is_trainable=True),
         lambda path: AutoPeftModel.from_pretrained(path),
         lambda path: AutoPeftModel.from_pretrained(path, low_cpu_mem_usage=True),
+        lambda path: _transformers_load_adapter(path),
+        lambda path: _transformers_load_adapter(path, low_cpu_mem_usage=True),
+        lambda path: _transformers_load_adapter(path, adapter_name="mine"),
+        lambda path: AutoModel.from_pretrained(str(path)),
+        lambda path: CLIPModel.from_pretrained(str(path)),
+        lambda path: _injected(path),
+        lambda path: _injected(path, low_cpu_mem_usage=True),
     ],
     ids=[
         "from_pretrained",
@@ -94,9 +122,16 @@ def _second_adapter(path, **kwargs):
         "load_adapter-is_trainable",
         "AutoPeftModel",
         "AutoPeftModel-low_cpu_mem_usage",
+        "transformers-load_adapter",
+        "transformers-load_adapter-low_cpu_mem_usage",
+        "transformers-load_adapter-adapter_name",
+        "AutoModel.from_pretrained",
+        "CLIPModel.from_pretrained",
+        "inject_adapter_in_model",
+        "inject_adapter_in_model-low_cpu_mem_usage",
     ],
 )
-def test_every_peft_path_loads_the_deltas_exactly(adapter, load):
+def test_every_peft_and_transformers_path_loads_the_deltas_exactly(adapter, load):
     path, expected = adapter
     model = load(path)
     assert not any(p.is_meta for p in model.parameters())
@@ -119,26 +154,45 @@ def test_merge_and_unload_after_low_cpu_mem_usage_is_a_plain_model(adapter):
     torch.testing.assert_close(_logits(merged), expected, rtol=0, atol=1e-5)
 
 
-def test_transformers_load_adapter_is_refused_and_leaves_the_model(adapter):
+def test_transformers_loads_frozen_in_eval_mode_unless_trainable(adapter):
     path, _ = adapter
+    frozen = AutoModel.from_pretrained(str(path))
+    assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+    trainable = _transformers_load_adapter(path, is_trainable=True)
+    names = {name for name, p in trainable.named_parameters() if p.requires_grad}
+    assert names and all(".skip_tuned.default." in name for name in names)
+
+
+def test_transformers_add_adapter_creates_a_fresh_adapter_that_saves_and_loads_back(tmp_path):
     model = tiny_clip()
-    with pytest.raises(ValueError, match=r"PeftModel.from_pretrained\(base_model, adapter_dir\)"):
+    model.add_adapter(SkipConfig(skip_layers=2))
+    torch.testing.assert_close(_logits(model), _logits(tiny_clip()), rtol=0, atol=0)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(trainable) == len(get_peft_model_state_dict(model))
+    with torch.no_grad():
+        for param in trainable:
+            param.add_(0.05)
+    model.save_pretrained(tmp_path)  # transformers' save of an adapter: the deltas only
+    expected = _logits(model)
+    torch.testing.assert_close(_logits(PeftModel.from_pretrained(tiny_clip(), tmp_path)), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(_logits(_transformers_load_adapter(tmp_path)), expected, rtol=0, atol=1e-6)
+
+
+def test_transformers_load_adapter_checks_the_base_model_first(adapter):
+    path, _ = adapter
+    model = tiny_clip(seed=1)
+    with pytest.raises(ValueError, match="another base model"):
         model.load_adapter(str(path))
-    assert _untouched(model)
+    assert not any(isinstance(m, SkipLayer) for m in model.modules()) and not hasattr(model, "peft_config")
 
 
-def test_transformers_from_pretrained_of_an_adapter_dir_is_refused(adapter):
+def test_a_state_dict_that_does_not_fit_is_refused_before_the_model_is_touched(adapter):
     path, _ = adapter
-    with pytest.raises(ValueError, match="not through transformers' built-in adapter support"):
-        AutoModel.from_pretrained(str(path))
-    with pytest.raises(ValueError, match="not through transformers' built-in adapter support"):
-        CLIPModel.from_pretrained(str(path))
-
-
-def test_transformers_add_adapter_is_refused():
+    weights = load_peft_weights(str(path))
+    weights.pop(sorted(weights)[0])
     model = tiny_clip()
-    with pytest.raises(ValueError, match="get_peft_model"):
-        model.add_adapter(SkipConfig(skip_layers=2))
+    with pytest.raises(ValueError, match="1 missing"):
+        model.load_adapter(peft_config=SkipConfig.from_pretrained(path), adapter_state_dict=weights)
     assert _untouched(model)
 
 
@@ -168,6 +222,8 @@ def test_missing_weights_are_refused_before_the_model_is_touched(adapter, tmp_pa
     for flag in (True, False):
         with pytest.raises(FileNotFoundError):
             PeftModel.from_pretrained(model, path, low_cpu_mem_usage=flag)
+        with pytest.raises(FileNotFoundError, match="adapter_model.safetensors is missing"):
+            model.load_adapter(str(path), low_cpu_mem_usage=flag)
     assert _untouched(model)
 
 
@@ -178,6 +234,8 @@ def test_weights_from_another_save_are_refused(adapter, tmp_path):
     model = tiny_clip()
     with pytest.raises(ValueError, match="not the weights file saved with .*sha256 differs"):
         PeftModel.from_pretrained(model, path)
+    with pytest.raises(ValueError, match="not the weights file saved with .*sha256 differs"):
+        model.load_adapter(str(path))
     assert _untouched(model)
 
 

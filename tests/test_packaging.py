@@ -4,6 +4,11 @@ import sys
 import zipfile
 from pathlib import Path
 
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+
+from peft_skip.versions import TESTED
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -26,6 +31,12 @@ def test_builds_as_a_wheel_with_the_console_script(tmp_path):
     assert {"peft_skip/assets/world-clip/config.json", "peft_skip/assets/world-clip/model.safetensors"} <= set(names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "peft-skip = peft_skip.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    # setup.py requires exactly the ranges `import peft_skip` checks.
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
+    prefix = "Requires-Dist: "
+    requires = [Requirement(line.removeprefix(prefix)) for line in metadata.splitlines() if line.startswith(prefix)]
+    declared = {r.name: r.specifier for r in requires if r.name in TESTED}
+    assert declared == {name: SpecifierSet(spec) for name, spec in TESTED.items()}
 
 
 def test_import_registers_the_peft_type():

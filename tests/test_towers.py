@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 from conftest import BOS, EOS, PAD, VOCAB, image_batch, text_batch, tiny_clip_config
-from peft import PeftModel, get_peft_model
+from peft import PeftModel, get_peft_model, inject_adapter_in_model, load_peft_weights, set_peft_model_state_dict
 from synthetic_images import random_image
 from torch.nn import functional as F
 from transformers import (
@@ -257,6 +257,33 @@ def test_save_load_merge_round_trip(family, tmp_path):
     merged = loaded.merge_and_unload()
     assert not any(isinstance(m, SkipLayer) for m in merged.modules())
     torch.testing.assert_close(_towers_output(family, merged), trained, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=FAMILY_IDS)
+def test_transformers_and_peft_low_level_loading_equal_peft_model(family, tmp_path):
+    """`model.load_adapter`, `<family class>.from_pretrained(adapter_dir)` and `inject_adapter_in_model` +
+    `set_peft_model_state_dict` give `PeftModel.from_pretrained`'s outputs, with deltas no initialisation repeats."""
+    family.build("sdpa").save_pretrained(tmp_path / "base")
+    peft_model = get_peft_model(family.build("sdpa"), SkipConfig(skip_layers=SKIP))
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for param in peft_model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    peft_model.peft_config["default"].base_model_name_or_path = str(tmp_path / "base")
+    peft_model.save_pretrained(tmp_path / "adapter")
+    adapter = str(tmp_path / "adapter")
+    expected = _towers_output(family, PeftModel.from_pretrained(family.build("sdpa"), adapter))
+    torch.testing.assert_close(expected, _towers_output(family, peft_model), atol=1e-6, rtol=0)
+
+    loaded = family.build("sdpa")
+    loaded.load_adapter(adapter)
+    injected = inject_adapter_in_model(
+        SkipConfig.from_pretrained(adapter), family.build("sdpa"), low_cpu_mem_usage=True
+    )
+    set_peft_model_state_dict(injected, load_peft_weights(adapter), low_cpu_mem_usage=True)
+    for model in (loaded, type(loaded).from_pretrained(adapter), injected):
+        torch.testing.assert_close(_towers_output(family, model), expected, atol=1e-6, rtol=0)
 
 
 def _delta_owner(peft_model, delta_name: str) -> str:

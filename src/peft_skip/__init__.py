@@ -4,7 +4,11 @@ Importing this package registers peft type `SKIP`, so `get_peft_model(model, Ski
 `PeftConfig.from_pretrained` and `PeftModel.from_pretrained` work. Import it before loading a Skip Tuning adapter.
 """
 
-from .model import register
+from .versions import check_versions
+
+check_versions()  # before peft's enum and transformers' `load_adapter` are patched
+
+from .model import register  # noqa: E402
 
 register()
 

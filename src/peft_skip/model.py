@@ -11,7 +11,7 @@ from .adapter_files import check_deltas_fit
 from .config import SkipConfig
 from .fingerprint import fingerprint, fingerprint_mismatch
 from .layer import DELTA, PREFIX, TUNED, SkipLayer, base_parameters, parameter_name
-from .loading import refuse_direct_injection
+from .loading import route_skip_adapters_through_peft
 from .towers import get_towers
 
 
@@ -39,10 +39,6 @@ class SkipModel(BaseTuner):
     prefix: str = PREFIX
     tuner_layer_cls = SkipLayer
     target_module_mapping: dict = {}
-
-    def __init__(self, model: nn.Module, peft_config: SkipConfig | dict, adapter_name: str, **kwargs) -> None:
-        refuse_direct_injection(model, peft_config)  # transformers' adapter loading would apply nothing
-        super().__init__(model, peft_config, adapter_name, **kwargs)
 
     def _prepare_adapter_config(self, peft_config: SkipConfig, model_config: dict) -> SkipConfig:
         return peft_config
@@ -194,9 +190,13 @@ def _add_peft_type(name: str) -> None:
 
 
 def register() -> None:
-    """Registers Skip Tuning with peft as peft type `SKIP` (idempotent)."""
+    """Registers Skip Tuning with peft as peft type `SKIP`, and with transformers' `load_adapter` (idempotent).
+
+    `import peft_skip` calls it after `versions.check_versions()`: both patches are made for tested versions only.
+    """
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
     _add_peft_type("SKIP")
     if PeftType.SKIP not in PEFT_TYPE_TO_CONFIG_MAPPING:
         register_peft_method(name="skip", config_cls=SkipConfig, model_cls=SkipModel, prefix=PREFIX)
+    route_skip_adapters_through_peft()

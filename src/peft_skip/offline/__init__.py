@@ -136,7 +136,9 @@ def _naflex_patches(family: _OfflineFamily) -> tuple[int, int]:
     whatever the arch's patch and image size."""
     import transformers
 
-    kwargs = getattr(transformers, family.processor).images_kwargs
+    processor = getattr(transformers, family.processor)
+    # transformers 5.20 keeps these defaults in the processor's kwargs type, 5.23 on the class.
+    kwargs = getattr(processor, "images_kwargs", None) or processor.valid_processor_kwargs._defaults["images_kwargs"]
     return kwargs["patch_size"], kwargs["max_num_patches"]
 
 

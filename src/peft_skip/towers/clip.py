@@ -36,12 +36,8 @@ class CLIPTextTower(Tower):
 
     def _layer_mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[object, dict]:
         # The CLIP text encoder is causal: without this mask a slice of its layers would attend bidirectionally.
-        mask = create_causal_mask(
-            config=self.model.text_model.config,
-            inputs_embeds=hidden,
-            attention_mask=attention_mask,
-            past_key_values=None,
-        )
+        # No cache, passed by position: transformers 5.24 renames the argument `past_key_values` to `cache`.
+        mask = create_causal_mask(self.model.text_model.config, hidden, attention_mask, None)
         return mask, {"is_causal": True}
 
     def pool(
