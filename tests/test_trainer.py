@@ -129,7 +129,8 @@ def test_one_step_equals_full_finetuning(tmp_path, skip_layers):
     assert checked == 2 * 16 * (4 - skip_layers) + 6  # 16 tensors per layer, 6 in the heads
 
 
-def test_protocols_and_overrides(tmp_path):
+def test_protocols_and_overrides(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     args = SkipTrainingArguments(output_dir=str(tmp_path), protocol="base_to_new")
     assert (args.learning_rate, args.vision_learning_rate, args.num_train_epochs) == (2e-5, 5e-6, 20)
     assert (args.warmup_epochs, args.warmup_lr, args.lr_scheduler_type) == (1, 1e-6, "dassl_cosine")
@@ -152,6 +153,13 @@ def test_protocols_and_overrides(tmp_path):
         SkipTrainingArguments(output_dir=str(tmp_path), protocol="few_shot", recipe_dataset="sun397").num_train_epochs
         == 10
     )
+    # On a CPU float32 is the default; the paper's float16 is chosen by name. Each says so in one line.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpu = SkipTrainingArguments(output_dir=str(tmp_path))
+    assert cpu.precision == "fp32" and "default on a CPU" in cpu.precision_note()
+    assert "--precision fp16_reference" in cpu.precision_note()
+    paper = SkipTrainingArguments(output_dir=str(tmp_path), precision="fp16_reference")
+    assert paper.precision == "fp16_reference" and "as given" in paper.precision_note()
     # Autocast and AdamW keep float32 weights; the reference's float16 mode refuses them.
     assert SkipTrainingArguments(output_dir=str(tmp_path), mixed_precision="bf16").precision == "fp32"
     assert SkipTrainingArguments(output_dir=str(tmp_path), optim="adamw_torch").precision == "fp32"
