@@ -236,3 +236,16 @@ def test_a_second_adapter_loads_next_to_the_first(saved):
     loaded.load_adapter(path, adapter_name="second")
     loaded.set_adapter("second")
     torch.testing.assert_close(loaded(**_inputs()).logits_per_image, model(**_inputs()).logits_per_image)
+
+
+def test_pickled_weights_are_refused_at_save_time(tmp_path):
+    """`safe_serialization=False` would write a pickle that the checksum and the loader do not cover: refused, and
+    the pickle removed."""
+    model = get_peft_model(tiny_clip(), SkipConfig(skip_layers=2))
+    with pytest.raises(ValueError, match="safetensors only"):
+        model.save_pretrained(tmp_path, safe_serialization=False)
+    assert not (tmp_path / "adapter_model.bin").exists() and not (tmp_path / "adapter_config.json").exists()
+    (tmp_path / "adapter_config.json").write_text(json.dumps(SkipConfig(skip_layers=2).to_dict()))
+    (tmp_path / "adapter_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ValueError, match="holds adapter_model.bin"):
+        SkipConfig.from_pretrained(str(tmp_path))

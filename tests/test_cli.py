@@ -169,3 +169,42 @@ def test_training_on_a_paper_dataset_uses_its_recipe_and_the_api_warns_otherwise
     with caplog.at_level("WARNING", logger="peft_skip"):
         train_and_evaluate(ModelArguments(model=tiny_model), data, SkipConfig(skip_layers=2), training)
     assert "set recipe_dataset='eurosat' for the paper's eurosat recipe" in caplog.text
+
+
+def test_eval_of_a_base_to_new_adapter_reports_base_new_and_hm(tiny_model, tmp_path):
+    """`eval --protocol base_to_new` splits the classes as training did and reproduces train's base / new / HM."""
+    out = tmp_path / "run"
+    argv = ["train", "--model", tiny_model, *TRAIN, "--preset", "base_to_new", "--epochs", "2", "--lr", "1e-2"]
+    assert main([*argv, "--precision", "fp32", "--out", str(out)]) == 0
+    tuned = json.loads((out / "metrics.json").read_text())["tuned"]
+    common = ["eval", "--model", tiny_model, "--data", "digits", "--test-limit", "60", "--adapter", str(out)]
+    assert main([*common, "--protocol", "base_to_new", "--no-progress", "--out", str(tmp_path / "eval")]) == 0
+    result = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    assert result["protocol"] == "base_to_new"
+    assert (result["base"], result["new"], result["harmonic_mean"]) == (
+        tuned["base"],
+        tuned["new"],
+        tuned["harmonic_mean"],
+    )
+
+
+def test_a_missing_model_directory_is_said_so(capsys):
+    assert main(["eval", "--model", "./nope", "--data", "digits"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "peft-skip eval: error: --model ./nope: no such directory; give a model directory or a Hub id such as "
+        "openai/clip-vit-base-patch16."
+    )
+
+
+def test_the_main_job_runs_from_another_directory(tmp_path, monkeypatch):
+    """The README's main job (`--config examples/world.yaml`, its model named relative to the file) from another
+    working directory, shrunk; the adapter records the base by its absolute path."""
+    from peft_skip.pretrain import world_clip_path
+
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "world.yaml")
+    monkeypatch.chdir(tmp_path)
+    small = ["--shots", "1", "--epochs", "1", "--test-limit", "20", "--no-progress", "--dataloader_num_workers", "0"]
+    assert main(["train", "--config", config, *small, "--out", "run"]) == 0
+    saved = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == os.path.realpath(world_clip_path())

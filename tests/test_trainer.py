@@ -398,6 +398,26 @@ def test_evaluate_full_model(tmp_path):
     correct = (images @ text.T).argmax(-1) == torch.tensor(data.labels)
     assert result["accuracy"] == pytest.approx(correct.double().mean().item())
     assert result["per_class"]["class 1"] == pytest.approx(correct[4:8].double().mean().item())
+
+
+def test_evaluate_a_prompt_ensemble(capfd):
+    """T prompts per class (template by template): each class's normalised text features averaged, renormalised."""
+    data = TensorImages()
+    model = tiny_clip()
+    first, second = text_batch(NUM_CLASSES, seed=1), text_batch(NUM_CLASSES, seed=2)
+    both = {key: torch.cat([first[key], second[key]]) for key in first}
+    result = evaluate_accuracy(model, data, both, identity, batch_size=5, progress=True)
+    assert "evaluating" in capfd.readouterr().err  # the progress bar
+    text = [F.normalize(model.get_text_features(**p).pooler_output, dim=-1) for p in (first, second)]
+    classes = F.normalize(text[0] + text[1], dim=-1)
+    images = F.normalize(model.get_image_features(pixel_values=data.pixels).pooler_output, dim=-1)
+    predictions = (images @ classes.T).argmax(-1)
+    assert result["accuracy"] == pytest.approx((predictions == torch.tensor(data.labels)).double().mean().item())
+    assert predictions.tolist() != (images @ text[0].T).argmax(-1).tolist()  # the ensemble decides otherwise
+    evaluate_accuracy(model, data, first, identity, batch_size=5)
+    assert "evaluating" not in capfd.readouterr().err  # no bar unless asked
+    with pytest.raises(ValueError, match="prompts per class"):
+        evaluate_accuracy(model, data, {key: value[:-1] for key, value in both.items()}, identity)
     assert result["num_images"] == len(data)
 
 
