@@ -208,3 +208,14 @@ def test_the_main_job_runs_from_another_directory(tmp_path, monkeypatch):
     assert main(["train", "--config", config, *small, "--out", "run"]) == 0
     saved = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
     assert saved["base_model_name_or_path"] == os.path.realpath(world_clip_path())
+
+
+def test_data_flags_and_several_templates_parse(tmp_path):
+    from peft_skip.cli import _parse
+
+    argv = ["eval", "--model", str(tmp_path), "--data", "rows.parquet", "--image_column", "file", "--label-column"]
+    argv += ["y", "--class_names", "cat,dog", "--template", "a {}.", "an {}!", "--protocol", "base_to_new"]
+    command, (_, data, evaluation) = _parse([*argv, "--no-progress"])
+    assert (data.image_column, data.label_column, data.class_name_list()) == ("file", "y", ["cat", "dog"])
+    assert data.resolved_templates() == ["a {}.", "an {}!"]
+    assert evaluation.protocol == "base_to_new" and evaluation.disable_tqdm
