@@ -160,6 +160,8 @@ def test_protocols_and_overrides(tmp_path, monkeypatch):
     assert "--precision fp16_reference" in cpu.precision_note()
     paper = SkipTrainingArguments(output_dir=str(tmp_path), precision="fp16_reference")
     assert paper.precision == "fp16_reference" and "as given" in paper.precision_note()
+    adam = SkipTrainingArguments(output_dir=str(tmp_path), optim="adamw_torch").precision_note()
+    assert adam.startswith("precision: fp32 (with mixed_precision='no', optim='adamw_torch')") and "sgd" in adam
     # Autocast and AdamW keep float32 weights; the reference's float16 mode refuses them.
     assert SkipTrainingArguments(output_dir=str(tmp_path), mixed_precision="bf16").precision == "fp32"
     assert SkipTrainingArguments(output_dir=str(tmp_path), optim="adamw_torch").precision == "fp32"

@@ -234,10 +234,13 @@ class SkipTrainingArguments:
 
     def precision_note(self) -> str:
         """One line: the precision the run trains in, why, and how to change it."""
+        if not self._precision_given and (self.mixed_precision != "no" or self.optim != "sgd"):
+            return (
+                f"precision: fp32 (with mixed_precision={self.mixed_precision!r}, optim={self.optim!r}); the paper's "
+                "float16, --precision fp16_reference, needs --optim sgd and --mixed_precision no"
+            )
         if self._precision_given:
             why = "as given by --precision"
-        elif self.mixed_precision != "no" or self.optim != "sgd":
-            why = f"with mixed_precision={self.mixed_precision!r}, optim={self.optim!r}; the paper's float16 needs SGD"
         elif self.precision == "fp32":
             why = "the default on a CPU, where float16 kernels are slow or missing"
         else:
