@@ -98,7 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="1e-5",
         help="SGD learning rate of every method, then per-method ones: 1e-3 or 1e-3,ft=1e-4,coop=2e-3.",
     )
-    parser.add_argument("--cache-dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    # float16: the reference's cache (its float16 model's dtype), as the trainer stores it under fp16_reference.
+    parser.add_argument("--cache-dtype", default="float16", choices=("float32", "float16", "bfloat16"))
     parser.add_argument(
         "--test-images", type=int, default=100, help="Images per evaluation set at most (0: no accuracy)."
     )

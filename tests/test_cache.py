@@ -1,4 +1,5 @@
 import logging
+import math
 
 import pytest
 import torch
@@ -200,14 +201,14 @@ def test_build_rejects_bad_input():
 
 
 @pytest.mark.parametrize("class_tokens", [1, 0, 2])
-def test_drop_tokens(class_tokens):
+def test_drop_tokens_per_image(class_tokens):
     hidden = torch.arange(2 * 50 * 3, dtype=torch.float32).reshape(2, 50, 3)
     assert drop_tokens(hidden, 0.0, class_tokens=class_tokens) is hidden
     generator = torch.Generator().manual_seed(0)
     others = 50 - class_tokens
     counts, first_kept = set(), set()
     for _ in range(20):
-        dropped = drop_tokens(hidden, 0.5, generator=generator, class_tokens=class_tokens)
+        dropped = drop_tokens(hidden, 0.5, generator=generator, class_tokens=class_tokens, mode="per_image")
         kept = dropped.shape[1] - class_tokens
         counts.add(kept)
         assert others - int(0.5 * others) <= kept <= others
@@ -222,3 +223,23 @@ def test_drop_tokens(class_tokens):
     assert first_kept == {0} if class_tokens else len(first_kept) > 1
     with pytest.raises(ValueError, match="max_ratio"):
         drop_tokens(hidden, 1.0)
+
+
+def test_drop_tokens_reference_mode():
+    """The authors' token drop: ceil(r * T) of all T tokens, the same ones for every image, the class token too."""
+    hidden = torch.arange(2 * 50 * 3, dtype=torch.float32).reshape(2, 50, 3)
+    generator = torch.Generator().manual_seed(0)
+    counts, class_token_dropped = set(), False
+    for _ in range(40):
+        draws = generator.get_state()
+        dropped = drop_tokens(hidden, 0.5, generator=generator, class_tokens=1)
+        ratio = float(torch.rand((), generator=torch.Generator().set_state(draws))) * 0.5
+        assert dropped.shape[1] == 50 - math.ceil(50 * ratio)  # rounded up, the class token counted
+        positions = ((dropped[:, :, 0] - hidden[:, :1, 0]) / 3).long()
+        assert torch.equal(positions[0], positions[1])  # the same tokens for the whole batch
+        assert torch.all(positions[0, 1:] > positions[0, :-1])
+        counts.add(dropped.shape[1])
+        class_token_dropped |= int(positions[0, 0]) != 0
+    assert len(counts) > 5 and class_token_dropped
+    with pytest.raises(ValueError, match="mode"):
+        drop_tokens(hidden, 0.5, mode="per_batch")

@@ -49,7 +49,8 @@ def test_rank_keep_probabilities():
     # A larger scale decays more slowly.
     assert torch.all(rank_keep_probabilities(20, 1.0)[1:-1] > p[1:-1])
     assert rank_keep_probabilities(0, 0.3).shape == (0,)
-    assert rank_keep_probabilities(1, 0.3).tolist() == [1.0]
+    # One rank after the top K: the reference normalises 0/0 and never keeps it.
+    assert rank_keep_probabilities(1, 0.3).tolist() == [0.0]
     with pytest.raises(ValueError):
         rank_keep_probabilities(5, 0.0)
 

@@ -3,6 +3,7 @@ for how to train and `SkipConfig` for the method; the command line is generated 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -10,7 +11,8 @@ from typing import Literal
 
 import transformers
 
-from .data import TEMPLATES, ImageDataset, build_prompts, is_table_spec, load_dataset_spec
+from .data import TEMPLATES, ImageDataset, ImageDecoding, build_prompts, is_table_spec, load_dataset_spec
+from .data.coop import COOP_DATASETS
 from .recipes import PROTOCOLS
 
 
@@ -77,6 +79,14 @@ class DataArguments:
             "default: the whole split."
         },
     )
+    image_decoding: ImageDecoding | None = field(
+        default=None,
+        metadata={
+            "help": "How image files become RGB: dassl (PIL open + convert('RGB') only, as the paper's code reads "
+            "them), or robust (EXIF orientation applied, transparent pixels on white). Default: dassl for the "
+            "paper's datasets (CoOp names, the recipe's image_decoding), robust otherwise."
+        },
+    )
     per_device_eval_batch_size: int = field(
         default=64, metadata={"help": "Images per forward pass when evaluating.", "aliases": ["--eval-batch-size"]}
     )
@@ -98,8 +108,16 @@ class DataArguments:
             )
         if self.class_names is not None and not self.class_name_list():
             raise ValueError(f"--class_names {self.class_names!r} names no class; give a file or a comma list.")
+        if self.image_decoding not in (None, "robust", "dassl"):
+            raise ValueError(f"image_decoding={self.image_decoding!r} is invalid; expected 'dassl' or 'robust'.")
         for template in self.resolved_templates():
             build_prompts(["class"], template)  # a bad template fails here, before any model is loaded
+
+    def resolved_decoding(self) -> str:
+        """The decoding given, else the paper's (Dassl's) for its datasets, else the robust one."""
+        if self.image_decoding is not None:
+            return self.image_decoding
+        return "dassl" if self.data in COOP_DATASETS else "robust"
 
     def resolved_templates(self, default: str | None = None) -> list[str]:
         """The templates given, else `default`, else the data set's, else the default one."""
@@ -115,20 +133,22 @@ class DataArguments:
         return [name.strip() for name in self.class_names.split(",") if name.strip()]
 
     def load(self, split: str) -> ImageDataset:
-        """The split `split` of `data`, with the columns and class names given."""
+        """The split `split` of `data`, with the columns and class names given (the decoding is the caller's:
+        `resolved_decoding`)."""
         names = self.class_name_list()
         if is_table_spec(self.data):
             columns = {"image_column": self.image_column or "image", "label_column": self.label_column or "label"}
-            return load_dataset_spec(self.data, split, data_root=self.data_root, class_names=names, **columns)
-        dataset = load_dataset_spec(self.data, split, data_root=self.data_root)
-        if names is None:
-            return dataset
-        if len(names) != len(dataset.class_names):
-            raise ValueError(
-                f"--class_names gives {len(names)} names, {self.data} has {len(dataset.class_names)} classes: give "
-                "one name per class, in label order."
-            )
-        return ImageDataset(names, dataset.items, dataset.labels, dataset.source)
+            dataset = load_dataset_spec(self.data, split, data_root=self.data_root, class_names=names, **columns)
+        else:
+            dataset = load_dataset_spec(self.data, split, data_root=self.data_root)
+            if names is not None and len(names) != len(dataset.class_names):
+                raise ValueError(
+                    f"--class_names gives {len(names)} names, {self.data} has {len(dataset.class_names)} classes: "
+                    "give one name per class, in label order."
+                )
+            if names is not None:
+                dataset = dataclasses.replace(dataset, class_names=names)
+        return dataset
 
 
 @dataclass

@@ -42,7 +42,8 @@ def rank_keep_probabilities(num_ranks: int, class_decay: float) -> torch.Tensor:
     """Probability of keeping each rank after the top `K`, shape `(num_ranks,)`.
 
     The exponential pdf with scale `class_decay` over `linspace(0, 5, num_ranks)`, min-max normalised: the first rank
-    is kept with probability 1, the last with probability 0. A single rank is kept with probability 1.
+    is kept with probability 1, the last with probability 0. A single rank is never kept, as in the reference, whose
+    normalisation is then 0/0 (NaN, and a comparison with NaN never keeps).
 
     Args:
         num_ranks (`int`): Number of ranks after the top `K`, i.e. `C - K`.
@@ -53,7 +54,7 @@ def rank_keep_probabilities(num_ranks: int, class_decay: float) -> torch.Tensor:
     if class_decay <= 0:
         raise ValueError(f"class_decay must be positive, got {class_decay}.")
     if num_ranks <= 1:
-        return torch.ones(num_ranks, dtype=torch.float64)
+        return torch.zeros(num_ranks, dtype=torch.float64)
     x = torch.linspace(0, 5, num_ranks, dtype=torch.float64)
     pdf = torch.exp(-x / class_decay) / class_decay
     return (pdf - pdf.min()) / (pdf.max() - pdf.min())

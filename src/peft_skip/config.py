@@ -23,6 +23,8 @@ from .card import build_card, write_card
 # The floating-point dtypes tensors are stored in (deltas, caches), by name.
 StorageDtype = Literal["float32", "float16", "bfloat16"]
 STORAGE_DTYPES: tuple[str, ...] = get_args(StorageDtype)
+# How token drop picks the dropped tokens (`peft_skip.loss.drop_tokens`).
+TokenDropMode = Literal["reference", "per_image"]
 # The fields that describe the method (as opposed to peft bookkeeping); shown in model cards and run metrics.
 METHOD_FIELDS = (
     "skip_layers",
@@ -32,6 +34,7 @@ METHOD_FIELDS = (
     "max_classes",
     "class_decay",
     "token_drop",
+    "token_drop_mode",
     "delta_dtype",
 )
 
@@ -65,6 +68,8 @@ class SkipConfig(PeftConfig):
         max_classes (`int`): Upper bound on the classes always kept per step.
         class_decay (`float`): Scale λ of the exponential keep probability over the remaining class ranks.
         token_drop (`float`): Upper bound of the fraction of cached image tokens dropped per step (0 = off).
+        token_drop_mode (`str`): `"reference"` (the authors'): the same tokens for the whole batch, the class token
+            among them, `ceil(r * T)`; `"per_image"`: each image its own tokens, the class token kept, rounded down.
         init_weights (`bool`): `True` starts the tuned weights at the base weights; `False` adds small random deltas.
         delta_dtype (`str`): Dtype the deltas are saved in: `float32`, `float16` or `bfloat16`.
         base_model_fingerprint (`dict`, *optional*): Set when the model is wrapped: identifies the base weights the
@@ -98,6 +103,13 @@ class SkipConfig(PeftConfig):
     token_drop: float = field(
         default=0.0,
         metadata={"help": "Upper bound of the random fraction of cached image tokens dropped per step; 0 is off."},
+    )
+    token_drop_mode: TokenDropMode = field(
+        default="reference",
+        metadata={
+            "help": "reference (the authors'): drop ceil(r*T) of all T tokens, the same for the whole batch, the "
+            "class token included; per_image: drop floor(r*(T-1)) tokens after the class token, each image its own."
+        },
     )
     init_weights: bool = field(
         default=True,
@@ -153,6 +165,12 @@ class SkipConfig(PeftConfig):
             "class_decay", self.class_decay, _is_number(self.class_decay) and self.class_decay > 0, "a number > 0"
         )
         _require("token_drop", self.token_drop, _is_number(self.token_drop) and 0 <= self.token_drop < 1, "in [0, 1)")
+        _require(
+            "token_drop_mode",
+            self.token_drop_mode,
+            self.token_drop_mode in get_args(TokenDropMode),
+            f"one of {get_args(TokenDropMode)}",
+        )
         _require("delta_dtype", self.delta_dtype, self.delta_dtype in STORAGE_DTYPES, f"one of {STORAGE_DTYPES}")
 
     def tower_skip_layers(self, tower: str) -> int:

@@ -53,7 +53,7 @@ def test_set(data: DataArguments) -> ImageDataset:
     test = data.load(data.split)
     if data.test_limit and data.test_limit < len(test):
         test = test.subset(sorted(random.Random(0).sample(range(len(test)), data.test_limit)))
-    return test
+    return test.with_decoding(data.resolved_decoding())
 
 
 def _write_json(path: str, payload: dict) -> None:
@@ -104,6 +104,7 @@ def _train_and_evaluate(
     base_new = split_base_new(train_set.class_names) if training.protocol == "base_to_new" else None
     if base_new is not None:
         train_set = subset_classes(train_set, base_new[0])
+    train_set = train_set.with_decoding(data.resolved_decoding())
     check_images_readable(train_set)
     repo_id = None
     if training.push_to_hub and accelerator.is_main_process:

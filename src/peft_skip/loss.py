@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -10,7 +11,7 @@ from torch.nn import functional as F
 
 from .cache import TextCache, build_text_cache
 from .classes import ClassSelector
-from .config import SkipConfig
+from .config import SkipConfig, TokenDropMode
 from .towers import Towers
 
 
@@ -21,29 +22,42 @@ class StepOutput(NamedTuple):
 
 
 def drop_tokens(
-    hidden: torch.Tensor, max_ratio: float, generator: torch.Generator | None = None, class_tokens: int = 1
+    hidden: torch.Tensor,
+    max_ratio: float,
+    generator: torch.Generator | None = None,
+    class_tokens: int = 1,
+    mode: TokenDropMode = "reference",
 ) -> torch.Tensor:
-    """Drops a random fraction `r ~ U(0, max_ratio)` of the image tokens, keeping the class token(s).
+    """Drops a random fraction `r ~ U(0, max_ratio)` of the image tokens.
 
-    Every image of the batch keeps the same number of tokens (its own random subset, in the original order).
+    `"reference"` (the authors' `drop_tokens`): `ceil(r * T)` of all `T` tokens are dropped, the same ones for the
+    whole batch, the class token among the candidates (the deep layers then pool whichever token comes first).
+    `"per_image"`: `floor(r * (T - class_tokens))` tokens after the class token(s) are dropped, a subset of its own for
+    each image; the class tokens are always kept. Both keep the remaining tokens in their original order.
 
     Args:
         hidden (`torch.Tensor`): Image states, class tokens first, shape `(B, T, D)`.
-        max_ratio (`float`): Largest fraction of the `T - class_tokens` other tokens to drop, in `[0, 1)`; 0 drops
-            none.
+        max_ratio (`float`): Largest fraction of the tokens to drop, in `[0, 1)`; 0 drops none.
         generator (`torch.Generator`, *optional*): Source of randomness (on the CPU).
-        class_tokens (`int`): Number of leading tokens always kept (1 for CLIP, 0 for SigLIP, which has none).
+        class_tokens (`int`): `"per_image"` only: leading tokens always kept (1 for CLIP, 0 for SigLIP).
+        mode (`str`): `"reference"` or `"per_image"`.
 
     Returns:
-        `torch.Tensor`: Shape `(B, class_tokens + kept, D)`.
+        `torch.Tensor`: Shape `(B, T', D)`, the same `T'` for every image.
     """
     if not 0 <= max_ratio < 1:
         raise ValueError(f"max_ratio must lie in [0, 1), got {max_ratio}.")
+    if mode not in ("reference", "per_image"):
+        raise ValueError(f"mode must be 'reference' or 'per_image', got {mode!r}.")
     if max_ratio == 0:
         return hidden
     batch, tokens, _ = hidden.shape
-    others = tokens - class_tokens
     ratio = float(torch.rand((), generator=generator)) * max_ratio
+    if mode == "reference":
+        keep = torch.ones(tokens, dtype=torch.bool)
+        keep[torch.randperm(tokens, generator=generator)[: math.ceil(tokens * ratio)]] = False
+        return hidden[:, keep.to(hidden.device)]
+    others = tokens - class_tokens
     kept = others - int(ratio * others)
     order = torch.rand(batch, others, generator=generator).argsort(dim=1)[:, :kept].sort(dim=1).values + class_tokens
     leading = torch.arange(class_tokens).expand(batch, class_tokens)
@@ -74,7 +88,7 @@ def skip_tuning_loss(
         generator (`torch.Generator`, *optional*): Randomness of the token drop.
     """
     vision, text = towers.vision, towers.text
-    image_states = drop_tokens(image_states, config.token_drop, generator, vision.class_tokens)
+    image_states = drop_tokens(image_states, config.token_drop, generator, vision.class_tokens, config.token_drop_mode)
     hidden = vision.run_layers(image_states, config.tower_skip_layers("vision"), vision.num_layers)
     image_features = F.normalize(vision.pool(hidden), dim=-1)
     with torch.no_grad():

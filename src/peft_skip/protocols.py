@@ -205,6 +205,7 @@ def _train(args: BenchmarkArguments, method: dict, dataset: str, seed: int, acce
     base_new = base_new_classes(train.labels) if recipe.train_classes == "base" else None
     if base_new is not None:
         (train,) = subsample_classes(train, subsample="base")
+    train = train.with_decoding(recipe.image_decoding)
     processor = AutoProcessor.from_pretrained(args.model)
     model = get_peft_model(AutoModel.from_pretrained(args.model).eval(), SkipConfig(**method))
     prompts = tokenize_classes(model, processor.tokenizer, train.class_names, recipe.train_template)
@@ -215,8 +216,9 @@ def _train(args: BenchmarkArguments, method: dict, dataset: str, seed: int, acce
 
 
 def _evaluate(args: BenchmarkArguments, model, processor, cell: Cell, base_new) -> dict:
-    test = load_coop_dataset(cell.dataset, args.data_root, "test")
-    template = reference_recipe(args.protocol, cell.dataset).template
+    recipe = reference_recipe(args.protocol, cell.dataset)
+    test = load_coop_dataset(cell.dataset, args.data_root, "test").with_decoding(recipe.image_decoding)
+    template = recipe.template
     transform = ImageTransform.from_processor(processor, train=False)
     tokenizer, batch_size = processor.tokenizer, args.per_device_eval_batch_size
     result = evaluate_protocol(model, tokenizer, test, transform, template, base_new, batch_size)

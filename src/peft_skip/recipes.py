@@ -13,18 +13,9 @@ Every value was read from the authors' repository (Koorye/SkipTuning): `configs/
 `SkipTrainingArguments` resolves every unset training field from `reference_recipe(protocol, recipe_dataset)`, and
 `peft-skip recipe --protocol P --dataset D` prints the resolved recipe as JSON.
 
-Deliberate deviations of this project from the reference (the trainer and the data loaders implement them):
-- CSkip relabelling: the reference remaps labels with `one_hot(labels)[:, kept].argmax(1)`, which silently turns a
-  ground-truth class that fell outside the kept ranks into class 0 (possible when a batch holds more classes than
-  `K`); we always keep every ground-truth class of the batch, so labels stay correct.
-- Image lists of the ImageNet family are sorted by file name; the reference takes `os.listdir` order, which depends
-  on the file system, so its ImageNet few-shot draw cannot be reproduced elsewhere. The split-file datasets draw
-  exactly the reference's few-shot images (same order, same Python `random` stream).
-- Few-shot selections are stored as JSON lists of `[relative_path, label, classname]`, never as pickles.
-- The cross-entropy of a step is computed from float32 logits (the reference: from the fp16 logits).
-
-Not a deviation: weight decay. The trained parameter of a `SkipLayer` is the full copy `W` (the delta `W - W0` is
-only what is saved), so SGD's weight decay pulls `W` toward zero, as in the reference.
+Where this project departs from the reference on purpose (CSkip's labels and float32 ranking, float32 logits for the
+loss, seeded random streams, file order, JSON few-shot files) is listed once, in docs/training.md ("Deliberate
+deviations from the authors' code"); `tests/test_reference.py` checks the rest against the authors' step and loop.
 """
 
 from __future__ import annotations
@@ -95,6 +86,10 @@ class Recipe:
         skip_layers, class_ratio, max_classes, class_decay, token_drop: LSkip / CSkip (`START_LAYER`, `TOP_RATIO`,
             `MAX_TOP`, `LAMBDA`, `DROP_RATIO`).
         image_size, interpolation, train_transforms, crop_scale: input pipeline (eval: resize + center crop).
+        image_decoding: `"dassl"`: image files opened with PIL and converted to RGB, nothing else (Dassl's
+            `read_image`: no EXIF rotation, transparency dropped).
+        token_drop_mode: `"reference"`: `drop_tokens` of `trainers/skip_tuning.py` (the same tokens for the batch,
+            the class token a candidate, `ceil`).
         image_cache_refresh: `"every_epoch"`: the reference re-extracts the layer-ω image states each epoch with
             that epoch's augmentation.
         test_batch_size: evaluation batch size.
@@ -138,6 +133,8 @@ class Recipe:
     interpolation: str = "bicubic"
     train_transforms: tuple[str, ...] = ("random_resized_crop", "random_flip", "normalize")
     crop_scale: tuple[float, float] = (0.08, 1.0)
+    image_decoding: str = "dassl"
+    token_drop_mode: str = "reference"
     image_cache_refresh: str = "every_epoch"
     test_batch_size: int = 100
     final_model: str = "last_epoch"

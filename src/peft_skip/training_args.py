@@ -106,7 +106,11 @@ class SkipTrainingArguments:
         "Smallest area of the training augmentation's random resized crop, as a fraction of the image (the "
         "reference's 0.08); 1 keeps whole images (flips only), for images whose size or position is what classifies.",
     )
-    cache_dtype: StorageDtype = _arg("float32", "Storage dtype of the image cache.")
+    cache_dtype: StorageDtype | None = _arg(
+        None,
+        "Storage dtype of the image cache. Default: float16 under precision fp16_reference (the reference keeps the "
+        "cache in its float16 model's dtype: 197 x 768 x 2 bytes per image for ViT-B/16), else float32.",
+    )
     cache_dir: str | None = _arg(None, "Memory-map the image cache to this directory instead of keeping it in RAM.")
     offload_frozen: bool = _arg(
         True,
@@ -217,6 +221,8 @@ class SkipTrainingArguments:
             autocast_or_adam = self.mixed_precision != "no" or self.optim != "sgd"
             on_cpu = not torch.cuda.is_available()
             self.precision = "fp32" if autocast_or_adam or on_cpu else recipe.precision
+        if self.cache_dtype is None:
+            self.cache_dtype = "float16" if self.precision == "fp16_reference" else "float32"
         from_recipe = {
             "learning_rate": recipe.text_lr,
             "num_train_epochs": recipe.epochs,
@@ -294,4 +300,5 @@ def recipe_train_config(protocol: str, dataset: str | None) -> dict:
     )
     options = {name: getattr(training, name) for name in _RECIPE_TRAIN_OPTIONS}
     method = {name: getattr(recipe, name) for name in ("skip_layers", "class_ratio", "max_classes", "class_decay")}
-    return options | method | {"token_drop": recipe.token_drop, "template": recipe.train_template}
+    drop = {"token_drop": recipe.token_drop, "token_drop_mode": recipe.token_drop_mode}
+    return options | method | drop | {"image_decoding": recipe.image_decoding, "template": recipe.train_template}

@@ -86,3 +86,29 @@ def test_fingerprint_is_stable_and_sensitive(tmp_path):
     assert relabelled.fingerprint() != first.fingerprint()
     in_memory = ImageDataset(["x"], [colour_image((1, 2, 3))], [0])
     assert in_memory.fingerprint() != ImageDataset(["x"], [colour_image((1, 2, 4))], [0]).fingerprint()
+
+
+def test_dassl_decoding_converts_only(tmp_path):
+    """The paper's decoding (Dassl's `read_image`): no EXIF rotation, transparent pixels keep the colour under them;
+    the robust one rotates and puts them on white. Subsets keep the decoding, the fingerprint tells them apart."""
+    wide = PIL.Image.new("RGB", (6, 2), (10, 20, 30))
+    exif = wide.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees to display
+    wide.save(tmp_path / "rotated.jpg", exif=exif)
+    PIL.Image.new("RGBA", (4, 3), (10, 20, 30, 0)).save(tmp_path / "clear.png")
+    robust = ImageDataset(["a"], [str(tmp_path / "rotated.jpg"), str(tmp_path / "clear.png")], [0, 0])
+    dassl = robust.with_decoding("dassl")
+    assert robust.image(0).size == (2, 6) and dassl.image(0).size == (6, 2)
+    assert robust.image(1).getpixel((0, 0)) == (255, 255, 255) and dassl.image(1).getpixel((0, 0)) == (10, 20, 30)
+    assert dassl.subset([1]).decoding == "dassl"
+    assert dassl.fingerprint() != robust.fingerprint()
+    with pytest.raises(ValueError, match="decoding"):
+        robust.with_decoding("exif")
+
+
+def test_paper_datasets_decode_as_dassl():
+    from peft_skip.arguments import DataArguments
+
+    assert DataArguments("eurosat").resolved_decoding() == "dassl"
+    assert DataArguments("fashion-mnist").resolved_decoding() == "robust"
+    assert DataArguments("eurosat", image_decoding="robust").resolved_decoding() == "robust"

@@ -66,3 +66,14 @@ def test_train_transform_full_scale_is_a_resize_or_its_mirror():
 def test_transform_converts_grey_input():
     out = ImageTransform(8, [0.0] * 3, [1.0] * 3, train=False)(PIL.Image.new("L", (10, 8), 51))
     torch.testing.assert_close(out, torch.full((3, 8, 8), 0.2))
+
+
+@pytest.mark.parametrize("extra, top", [(1, 0), (3, 2), (5, 2), (6, 3)])
+def test_center_crop_offset_rounds_as_torchvision(extra, top):
+    """Dassl's test transform crops with torchvision's `center_crop`, whose offset is `round(extra / 2)` (half to
+    even), not `extra // 2`."""
+    rows = torch.arange(24 + extra, dtype=torch.uint8).view(-1, 1, 1).expand(-1, 24, 3).contiguous()
+    image = PIL.Image.fromarray(rows.numpy())
+    transform = ImageTransform(24, [0.0] * 3, [1.0] * 3, train=False, resample=PIL.Image.NEAREST)
+    first_row = round(float(transform(image)[0, 0, 0]) * 255)
+    assert first_row == top

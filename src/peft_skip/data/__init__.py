@@ -15,7 +15,7 @@ array / HF dataset) and integer labels. Images are decoded lazily and always com
 """
 
 from .builtin import DIGITS_CLASSES, FASHION_MNIST_CLASSES, load_digits, load_fashion_mnist
-from .dataset import ImageDataset, ImageSource, read_image, to_rgb
+from .dataset import ImageDataset, ImageDecoding, ImageSource, read_image, to_rgb
 from .loaders import (
     IMAGE_EXTENSIONS,
     from_hf_dataset,
@@ -35,6 +35,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "TEMPLATES",
     "ImageDataset",
+    "ImageDecoding",
     "ImageSource",
     "ImageTransform",
     "build_prompts",

@@ -6,12 +6,16 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
+
+# How image files become RGB: "robust" (EXIF orientation applied, transparency on white, wide integer and float modes
+# scaled, see `to_rgb`); "dassl" (Dassl's `read_image`, the paper's: `PIL.Image.open(path).convert("RGB")` only).
+ImageDecoding = Literal["robust", "dassl"]
 
 
 class ImageSource(Protocol):
@@ -31,12 +35,14 @@ class ImageDataset:
         items: one entry per image: a file path, a PIL image, or (with `source`) a key that `source.load` understands.
         labels: class index of each image.
         source: loads items that are not paths or PIL images (rows of an array or of an HF dataset).
+        decoding: how images become RGB (`ImageDecoding`): `"robust"`, or `"dassl"` as the paper's code reads them.
     """
 
     class_names: list[str]
     items: list
     labels: list[int]
     source: ImageSource | None = field(default=None, repr=False)
+    decoding: ImageDecoding = "robust"
 
     def __post_init__(self):
         self.class_names = [str(name) for name in self.class_names]
@@ -45,6 +51,8 @@ class ImageDataset:
         duplicates = sorted({name for name in self.class_names if name in seen or seen.add(name)})
         if duplicates:
             raise ValueError(f"Duplicate class names {duplicates}: every class needs its own name.")
+        if self.decoding not in ("robust", "dassl"):
+            raise ValueError(f"decoding={self.decoding!r} is invalid; expected 'robust' or 'dassl'.")
         if len(self.items) != len(self.labels):
             raise ValueError(f"{len(self.items)} items but {len(self.labels)} labels: give one label per image.")
         bad = [label for label in self.labels if not 0 <= label < len(self.class_names)]
@@ -57,17 +65,26 @@ class ImageDataset:
     def image(self, index: int) -> PIL.Image.Image:
         """The image at `index`, converted to 8-bit RGB."""
         item = self.items[index]
+        convert = to_rgb if self.decoding == "robust" else _dassl_rgb
         if self.source is not None:
-            return to_rgb(self.source.load(item))
+            return convert(self.source.load(item))
         if isinstance(item, PIL.Image.Image):
-            return to_rgb(item)
-        return read_image(item)
+            return convert(item)
+        return read_image(item, self.decoding)
+
+    def with_decoding(self, decoding: ImageDecoding) -> ImageDataset:
+        """The same images, decoded the way `decoding` says."""
+        return replace(self, decoding=decoding)
 
     def subset(self, indices: Sequence[int]) -> ImageDataset:
         """The images at `indices`, same classes."""
         indices = [int(i) for i in indices]
         return ImageDataset(
-            list(self.class_names), [self.items[i] for i in indices], [self.labels[i] for i in indices], self.source
+            list(self.class_names),
+            [self.items[i] for i in indices],
+            [self.labels[i] for i in indices],
+            self.source,
+            self.decoding,
         )
 
     def class_counts(self) -> list[int]:
@@ -84,6 +101,8 @@ class ImageDataset:
         digest = hashlib.sha256()
         digest.update(json.dumps(self.class_names).encode())
         digest.update(str(None if self.source is None else self.source.key).encode())
+        if self.decoding != "robust":  # the pixels differ (the robust decoding's fingerprints stay as they were)
+            digest.update(f"decoding:{self.decoding}".encode())
         for item, label in zip(self.items, self.labels, strict=True):
             if isinstance(item, PIL.Image.Image):
                 digest.update(f"{item.mode}{item.size}".encode())
@@ -145,16 +164,25 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     return image.convert("RGB")
 
 
-def read_image(path: str | os.PathLike) -> PIL.Image.Image:
-    """Reads an image file as RGB (EXIF orientation applied); an unreadable file raises an error naming it.
+def read_image(path: str | os.PathLike, decoding: ImageDecoding = "robust") -> PIL.Image.Image:
+    """Reads an image file as RGB; an unreadable file raises an error naming it.
 
     Args:
         path (`str` or `os.PathLike`): The image file.
+        decoding (`str`): `"robust"`: EXIF orientation applied, then `to_rgb`; `"dassl"`: `convert("RGB")` only, as
+            Dassl's `read_image` (the paper's code) does.
     """
     try:
         with PIL.Image.open(path) as image:
             image.load()
+            if decoding == "dassl":
+                return _dassl_rgb(image)
             image = PIL.ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as err:
         raise OSError(f"Cannot read image file {os.fspath(path)!r}: {err}. Replace or remove the file.") from err
     return to_rgb(image)
+
+
+def _dassl_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    # PIL's own conversion: transparency dropped (the colour under it kept), no EXIF rotation.
+    return image.convert("RGB")

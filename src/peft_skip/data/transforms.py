@@ -94,7 +94,8 @@ class ImageTransform:
             resized_long = int(size * long / short)
             new_size = (size, resized_long) if image.width <= image.height else (resized_long, size)
             image = image.resize(new_size, self.resample)
-            left, top = (image.width - size) // 2, (image.height - size) // 2
+            # Rounded half to even, where torchvision's center_crop (Dassl's test transform) places the crop.
+            left, top = round((image.width - size) / 2), round((image.height - size) / 2)
             image = image.crop((left, top, left + size, top + size))
         else:
             image = image.resize((size, size), self.resample)

@@ -30,7 +30,7 @@ class Tower:
     embedding_paths: tuple[str, ...]
     # Modules after the last layer; they are trained along with the deep layers.
     head_paths: tuple[str, ...]
-    # Leading tokens that summarise the input (CLIP's class token): token drop never drops them.
+    # Leading tokens that summarise the input (CLIP's class token): per-image token drop never drops them.
     class_tokens: int = 0
 
     def __init__(self, model: nn.Module) -> None:
