@@ -28,3 +28,14 @@ def test_a_small_change_to_one_deep_tensor_is_noticed():
     with torch.no_grad():
         model.vision_model.encoder.layers[3].mlp.fc2.weight.mul_(-1)
     assert fingerprint_mismatch(reference, fingerprint(model)) is not None
+
+
+def test_a_change_to_part_of_a_tensor_is_noticed():
+    """A tensor larger than the sample: a change in its second half (or in any one row) must move the fingerprint."""
+    model = tiny_clip()
+    reference = fingerprint(model)
+    weight = model.text_model.encoder.layers[1].mlp.fc1.weight  # 64 x 32: more elements than one sample holds
+    assert weight.numel() > 256
+    with torch.no_grad():
+        weight[weight.shape[0] // 2 :].mul_(-1)
+    assert fingerprint_mismatch(reference, fingerprint(model)) is not None

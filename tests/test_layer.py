@@ -19,7 +19,7 @@ def test_forward_computes_with_the_tuned_copy(make):
             assert not torch.equal(layer.skip_tuned["default"][name], getattr(base, name))
             param.copy_(layer.skip_tuned["default"][name])
     torch.testing.assert_close(layer(x), expected(x))
-    deltas = layer.delta("default")
+    deltas = layer.get_delta_weight("default")
     torch.testing.assert_close(deltas["weight"], layer.skip_tuned["default"]["weight"] - base.weight)
 
 
@@ -77,3 +77,27 @@ def test_bf16_autocast_on_cpu():
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
     assert layer.skip_tuned["default"]["weight"].grad.dtype == torch.float32
+
+
+@pytest.mark.filterwarnings("ignore:Already following adapters were merged")
+@pytest.mark.parametrize("sequential", [False, True])
+def test_merging_several_adapters_computes_what_they_compute_together(sequential):
+    torch.manual_seed(0)
+    base = nn.Linear(6, 5)
+    original = {k: v.clone() for k, v in base.state_dict().items()}
+    layer = SkipLayer(base, "a", init_weights=False)
+    layer.update_layer("b", init_weights=False)
+    layer.set_adapter(["a", "b"])
+    x = torch.randn(3, 6)
+    together = layer(x)
+    if sequential:
+        layer.merge(adapter_names=["a"])
+        layer.merge(adapter_names=["b"])
+    else:
+        layer.merge()
+    assert layer.merged_adapters == ["a", "b"]
+    torch.testing.assert_close(layer(x), together)
+    assert not torch.equal(layer.skip_tuned["a"]["weight"], layer.skip_tuned["b"]["weight"])
+    layer.unmerge()
+    for key, value in base.state_dict().items():
+        torch.testing.assert_close(value, original[key], rtol=0, atol=0)

@@ -1,10 +1,13 @@
 import copy
+import gc
 import json
+import warnings
 
 import pytest
 import torch
 from conftest import image_batch, text_batch, tiny_clip
 from peft import get_peft_model
+from safetensors.torch import load_file
 from transformers import CLIPModel
 
 import peft_skip  # noqa: F401
@@ -84,6 +87,45 @@ def test_merge_unmerge_and_merge_and_unload():
     assert type(merged) is CLIPModel
     assert not any(isinstance(m, SkipLayer) for m in merged.modules())
     torch.testing.assert_close(merged(**_inputs()).logits_per_image, tuned)
+
+
+def _held_bytes() -> int:
+    """Bytes of all tensor storages alive in the process (each shared storage once)."""
+    gc.collect()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # isinstance on torch's deprecated module attributes warns
+        tensors = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
+def test_merging_holds_no_third_copy_of_the_deep_weights():
+    model = get_peft_model(tiny_clip(), SkipConfig(skip_layers=2, init_weights=False))
+    inputs = _inputs()
+    tuned = model(**inputs).logits_per_image
+    deep = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if p.requires_grad)
+    held = _held_bytes()  # each deep weight twice: W0 and the trained copy W
+    model.merge_adapter()
+    assert _held_bytes() == held
+    torch.testing.assert_close(model(**inputs).logits_per_image, tuned, rtol=0, atol=0)
+    model.unmerge_adapter()
+    assert _held_bytes() == held
+    merged = model.merge_and_unload()
+    del model
+    assert _held_bytes() == held - deep  # one copy left: the merged weights
+    torch.testing.assert_close(merged(**inputs).logits_per_image, tuned, rtol=0, atol=0)
+
+
+def test_save_after_merge_writes_the_trained_deltas(tmp_path):
+    model = get_peft_model(tiny_clip(), SkipConfig(skip_layers=2, init_weights=False))
+    model.save_pretrained(tmp_path / "unmerged")
+    model.merge_adapter()
+    model.save_pretrained(tmp_path / "merged")
+    saved = [load_file(tmp_path / name / "adapter_model.safetensors") for name in ("unmerged", "merged")]
+    assert saved[0].keys() == saved[1].keys()
+    for key, delta in saved[0].items():
+        assert delta.abs().max() > 0, key
+        torch.testing.assert_close(saved[1][key], delta, rtol=0, atol=0)
 
 
 def test_several_adapters_set_and_delete():

@@ -20,6 +20,7 @@ from transformers import (
     BertModel,
     ChineseCLIPConfig,
     ChineseCLIPModel,
+    CLIPConfig,
     CLIPModel,
     CLIPTextConfig,
     CLIPTextModelWithProjection,
@@ -382,6 +383,21 @@ def test_metaclip_2_pools_at_the_first_eos_even_when_its_id_is_2():
     model = MetaClip2Model(config).eval()
     text = text_batch(num=4, seed=1)
     text["input_ids"] = torch.where(text["input_ids"] == EOS, 2, text["input_ids"])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            _text_pass(get_towers(model), text), model.get_text_features(**text).pooler_output, atol=1e-5, rtol=1e-5
+        )
+
+
+def test_clip_pools_at_the_first_eos_not_at_the_largest_id():
+    """With an end-of-text id below other ids of the prompt, argmax of the ids would pool at another token."""
+    eos = 50
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig(text_config=dict(CLIP_TEXT, eos_token_id=eos), vision_config=CLIP_VISION)).eval()
+    text = text_batch(num=4, seed=1)
+    ids = text["input_ids"]
+    text["input_ids"] = torch.where(ids == EOS, eos, torch.where(ids == eos, eos + 1, ids))  # one EOS, after BOS 97
+    assert (text["input_ids"].argmax(-1) != (text["input_ids"] == eos).int().argmax(-1)).all()
     with torch.no_grad():
         torch.testing.assert_close(
             _text_pass(get_towers(model), text), model.get_text_features(**text).pooler_output, atol=1e-5, rtol=1e-5

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from peft_skip import SkipConfig
 from peft_skip.batches import class_batches
+from peft_skip.cache import ImageCache
 from peft_skip.evaluation import evaluate_accuracy
 from peft_skip.layer import SkipLayer
 from peft_skip.recipes import reference_recipe, with_overrides
@@ -64,9 +65,9 @@ def skip_model(seed: int = 0, **config) -> torch.nn.Module:
 
 def train(model, tmp_path, data=None, transform=jitter, resume=False, **args) -> SkipTrainer:
     args = {"num_train_epochs": 3, "learning_rate": 0.05, "precision": "fp32", "disable_tqdm": True, **args}
-    trainer = SkipTrainer(
-        model, SkipTrainingArguments(output_dir=str(tmp_path), **args), data or TensorImages(), prompts(), transform
-    )
+    data = data or TensorImages()
+    batch = text_batch(len(data.class_names), seed=1)
+    trainer = SkipTrainer(model, SkipTrainingArguments(output_dir=str(tmp_path), **args), data, batch, transform)
     trainer.train(resume_from_checkpoint=resume)
     return trainer
 
@@ -75,10 +76,10 @@ def deltas(model) -> dict[str, torch.Tensor]:
     return get_peft_model_state_dict(model)
 
 
-def full_finetuning_step(model, pixels, labels, lr: float) -> None:
+def full_finetuning_step(model, pixels, labels, lr: float, weight_decay: float = 0.0) -> None:
     """One SGD step of plain full fine-tuning of every parameter but logit_scale: CE over logit_scale * cos."""
     params = [p for name, p in model.named_parameters() if name != "logit_scale"]
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     batch = prompts()
     text = F.normalize(model.get_text_features(**batch).pooler_output, dim=-1)
     images = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
@@ -86,12 +87,15 @@ def full_finetuning_step(model, pixels, labels, lr: float) -> None:
     optimizer.step()
 
 
-@pytest.mark.parametrize("skip_layers", [0, 2])
-def test_one_step_equals_full_finetuning(tmp_path, skip_layers):
+@pytest.mark.parametrize(
+    "skip_layers, accumulation, weight_decay", [(0, 1, 0.0), (2, 1, 0.0), (2, 2, 0.0), (2, 1, 0.01)]
+)
+def test_one_step_equals_full_finetuning(tmp_path, skip_layers, accumulation, weight_decay):
     data = TensorImages(per_class=2)
     lr = 0.5
     model = skip_model(skip_layers=skip_layers)
-    # One epoch of one batch with every image; the cosine schedule starts at the full learning rate.
+    # One epoch of one optimiser step over every image (one batch, or two accumulated halves); the cosine schedule
+    # starts at the full learning rate.
     train(
         model,
         tmp_path,
@@ -99,15 +103,16 @@ def test_one_step_equals_full_finetuning(tmp_path, skip_layers):
         identity,
         num_train_epochs=1,
         learning_rate=lr,
-        batch_size=len(data),
+        batch_size=len(data) // accumulation,
+        gradient_accumulation_steps=accumulation,
         sampler="random",
-        weight_decay=0.0,
+        weight_decay=weight_decay,
     )
     tuned = model.merge_and_unload()
 
     reference = tiny_clip()
     before = copy.deepcopy(reference.state_dict())
-    full_finetuning_step(reference, data.pixels, torch.tensor(data.labels), lr)
+    full_finetuning_step(reference, data.pixels, torch.tensor(data.labels), lr, weight_decay)
 
     deep = [f"{tower}_model.encoder.layers.{i}." for tower in ("vision", "text") for i in range(skip_layers, 4)] + [
         "vision_model.post_layernorm.",
@@ -330,11 +335,21 @@ def test_incomplete_batches_are_dropped_unless_asked(tmp_path):
     ],
 )
 def test_resume_equals_uninterrupted(tmp_path, cache_mode, schedule, precision):
-    run = dict(cache_mode=cache_mode, views=2, lr_scheduler_type=schedule, precision=precision)
-    uninterrupted = skip_model(class_ratio=0.5, token_drop=0.3)
+    # Six classes, two shots: random batches of 4, and CSkip keeps the top 2 ranks plus a decaying tail, so the
+    # resumed run must rank with the pre-trained prototypes, not the tuned model's.
+    data = TensorImages(per_class=2, num_classes=6)
+    method = dict(class_ratio=0.3, token_drop=0.3)
+    run = dict(data=data, cache_mode=cache_mode, views=2, lr_scheduler_type=schedule, precision=precision)
+    uninterrupted = skip_model(**method)
+    text_classes = []
+    hook = uninterrupted.base_model.model.text_projection.register_forward_hook(
+        lambda module, inputs, output: text_classes.append(len(output))
+    )
     train(uninterrupted, tmp_path / "a", **run)
+    hook.remove()
+    assert min(text_classes) < len(data.class_names)  # CSkip dropped classes
 
-    interrupted = skip_model(class_ratio=0.5, token_drop=0.3)
+    interrupted = skip_model(**method)
     calls = 0
 
     def crash_in_third_epoch(module, inputs, output):
@@ -349,7 +364,7 @@ def test_resume_equals_uninterrupted(tmp_path, cache_mode, schedule, precision):
     hook.remove()
     assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["epoch-0002"]  # save_total_limit=1
 
-    resumed = skip_model(class_ratio=0.5, token_drop=0.3)
+    resumed = skip_model(**method)
     trainer = train(resumed, tmp_path / "b", resume=True, **run)
     expected, actual = deltas(uninterrupted), deltas(resumed)
     assert any(v.abs().max() > 0 for v in expected.values())
@@ -479,3 +494,66 @@ def test_views_are_different_augmentations(tmp_path):
     assert not torch.equal(first, second) and not torch.equal(second, third)
     again = trainer._image_cache(-1)
     assert torch.equal(again.get(indices, 1), second)
+
+
+def flip(image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Another seeded augmentation than `jitter`."""
+    return image.flip(-1) if torch.rand((), generator=generator) < 0.5 else image
+
+
+def test_disk_cache_trains_as_the_memory_cache(tmp_path):
+    """The disk cache is keyed by the pass (a per-epoch cache stays per epoch) and by the augmentation."""
+    cache_dir = str(tmp_path / "cache")
+    runs = {}
+    for name, args in {
+        "memory": {},
+        "disk": {"cache_dir": cache_dir},
+        "views, jitter": {"cache_mode": "views", "views": 1, "cache_dir": cache_dir},
+        "views, flip": {"cache_mode": "views", "views": 1, "transform": flip, "num_train_epochs": 1},
+        "views, flip, disk": {
+            "cache_mode": "views",
+            "views": 1,
+            "transform": flip,
+            "num_train_epochs": 1,
+            "cache_dir": cache_dir,
+        },
+    }.items():
+        runs[name] = skip_model()
+        train(runs[name], tmp_path / name, **{"num_train_epochs": 2, **args})
+    for a, b in (("disk", "memory"), ("views, flip, disk", "views, flip")):
+        expected, actual = deltas(runs[b]), deltas(runs[a])
+        for key in expected:
+            torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0, msg=f"{a}: {key}")
+
+
+def test_views_mode_reads_one_view_per_epoch(tmp_path):
+    """Epoch `e` trains on view `e % views`: view 0 first, as a single view, then another."""
+    history = {}
+    for views in (1, 2):
+        args = SkipTrainingArguments(
+            output_dir=str(tmp_path / str(views)),
+            cache_mode="views",
+            views=views,
+            num_train_epochs=2,
+            learning_rate=0.05,
+            precision="fp32",
+            disable_tqdm=True,
+        )
+        history[views] = SkipTrainer(skip_model(), args, TensorImages(), prompts(), jitter).train().history
+    assert history[2][0]["loss"] == history[1][0]["loss"]
+    assert history[2][1]["loss"] != history[1][1]["loss"]
+
+
+def test_each_epoch_draws_its_own_batches(tmp_path, monkeypatch):
+    """Every epoch reads every image once, in batches drawn anew (seeded by the epoch)."""
+    read = []
+    get = ImageCache.get
+    monkeypatch.setattr(
+        ImageCache, "get", lambda self, indices, *args: read.append(indices.tolist()) or get(self, indices, *args)
+    )
+    data = TensorImages()
+    train(skip_model(), tmp_path, data, num_train_epochs=2, sampler="random")
+    epochs = [read[: len(read) // 2], read[len(read) // 2 :]]
+    for batches in epochs:
+        assert sorted(i for batch in batches for i in batch) == list(range(len(data)))
+    assert epochs[0] != epochs[1]

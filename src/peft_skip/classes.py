@@ -31,7 +31,7 @@ def keep_count(num_classes: int, class_ratio: float, max_classes: int) -> int:
     if class_ratio == 1:
         return num_classes
     if class_ratio < 1:
-        # Rounding first keeps float noise (0.1 * 30 = 3.0000000000000004) from adding a class.
+        # Rounding first keeps float noise (0.07 * 100 = 7.000000000000001) from adding a class.
         count = math.ceil(round(class_ratio * num_classes, 9))
     else:
         count = min(int(class_ratio), num_classes)

@@ -148,6 +148,7 @@ def _train_and_evaluate(
         "model": model_args.model,
         "random_weights": has_random_weights(model.get_base_model()),
         "data": dataclasses.asdict(data) | {"template": templates[0], "eval_templates": templates},
+        "train_classes": train_set.class_names,  # under base-to-new, the base classes only
         "num_processes": accelerator.num_processes,
         "training_arguments": training.run_identity(),
         "skip_config": config.method_settings(),

@@ -107,7 +107,7 @@ class SkipLayer(nn.Module, BaseTunerLayer):
         return functional_call(base, params, (x, *args), kwargs)
 
     @torch.no_grad()
-    def delta(self, adapter_name: str) -> dict[str, torch.Tensor]:
+    def get_delta_weight(self, adapter_name: str) -> dict[str, torch.Tensor]:
         """The deltas `W - W0` of an adapter, keyed like its parameters, in float32 (exact for float16 weights, so that
         `W0 + delta` gives `W` back)."""
         base = self._unmerged_base or {n: p for n, p in self.base_layer.named_parameters()}
@@ -118,7 +118,11 @@ class SkipLayer(nn.Module, BaseTunerLayer):
 
     @torch.no_grad()
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        """Adds the deltas of `adapter_names` (default: the active adapters) into the base parameters.
+        """Makes the base parameters compute what `adapter_names` (default: the active adapters) compute.
+
+        Merging one adapter into the unmerged module points each base parameter at that adapter's copy `W` (cast to
+        the base's dtype if they differ): no new tensor, and merged outputs equal the adapter's exactly. Merging
+        several adds their deltas to `W0` as the forward of several active adapters does. `W0` is kept for `unmerge`.
 
         Args:
             safe_merge (`bool`): Check for non-finite values before writing into the base parameters.
@@ -128,14 +132,19 @@ class SkipLayer(nn.Module, BaseTunerLayer):
         if not adapter_names:
             return
         base_params = dict(self.base_layer.named_parameters())
-        deltas = [self.delta(adapter) for adapter in adapter_names]
-        merged = {}
-        for name, param in base_params.items():
-            merged[name] = param.data + sum(d[parameter_key(name)] for d in deltas).to(param.dtype)
-            if safe_merge and not torch.isfinite(merged[name]).all():
-                raise ValueError(
-                    f"NaNs or infinities in the merged weights of adapters {adapter_names}; an adapter seems broken."
-                )
+        if not self.merged and len(adapter_names) == 1:
+            tuned = self.skip_tuned[adapter_names[0]]
+            merged = {name: tuned[parameter_key(name)].data.to(p.dtype) for name, p in base_params.items()}
+        else:
+            deltas = [self.get_delta_weight(adapter) for adapter in adapter_names]
+            merged = {
+                name: (p.data + sum(d[parameter_key(name)] for d in deltas)).to(p.dtype)
+                for name, p in base_params.items()
+            }
+        if safe_merge and not all(torch.isfinite(w).all() for w in merged.values()):
+            raise ValueError(
+                f"NaNs or infinities in the merged weights of adapters {adapter_names}; an adapter seems broken."
+            )
         if not self._unmerged_base:
             self._unmerged_base = {name: param.data for name, param in base_params.items()}
         for name, param in base_params.items():

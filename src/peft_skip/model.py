@@ -155,7 +155,7 @@ class SkipModel(BaseTuner):
         deltas = {}
         for name, module in model.named_modules():
             if isinstance(module, SkipLayer) and adapter_name in module.skip_tuned:
-                for key, delta in module.delta(adapter_name).items():
+                for key, delta in module.get_delta_weight(adapter_name).items():
                     deltas[f"{name}.{DELTA}.{adapter_name}.{key}"] = delta.to(dtype)
         return deltas
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import PIL.Image
 import pytest
 import torch
@@ -61,6 +62,22 @@ def test_train_transform_full_scale_is_a_resize_or_its_mirror():
         assert flipped or torch.allclose(view, resized, atol=1e-6)
         flips.add(flipped)
     assert flips == {True, False}
+
+
+@pytest.mark.parametrize("scale", [(0.25, 0.25), (0.5, 0.5), (0.1, 0.9)])
+def test_train_crop_area_follows_scale(scale):
+    """The random resized crop covers a fraction of the image's area drawn uniformly from `scale`."""
+    # Red is the column, green the row: the output's range of each tells the crop's width and height.
+    grid = np.stack(np.meshgrid(np.arange(200), np.arange(200)), axis=-1).astype(np.uint8)
+    image = PIL.Image.fromarray(np.concatenate([grid, np.zeros((200, 200, 1), np.uint8)], axis=-1))
+    transform = ImageTransform(50, [0.0] * 3, [1 / 255] * 3, train=True, scale=scale, ratio=(1.0, 1.0))
+    areas = []
+    for seed in range(40):
+        view = transform(image, torch.Generator().manual_seed(seed))
+        width, height = (float(view[c].max() - view[c].min()) + 1 for c in (0, 1))
+        areas.append(width * height / 200**2)
+    assert sum(areas) / len(areas) == pytest.approx(sum(scale) / 2, abs=0.05)
+    assert min(areas) >= scale[0] - 0.03 and max(areas) <= scale[1] + 0.03
 
 
 def test_transform_converts_grey_input():
