@@ -37,7 +37,7 @@ setup(
         "protobuf",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist", "hypothesis", "ruff", "matplotlib"],
+        "test": ["pytest>=8", "pytest-xdist", "hypothesis", "ruff", "matplotlib", "tensorboard"],
         "bench": ["matplotlib"],
     },
     entry_points={"console_scripts": ["peft-skip=peft_skip.cli:main"]},

@@ -66,12 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--classes",
         type=int,
         default=100,
-        help="Number of classes; beyond Fashion-MNIST's 10, class names are synthesised and images reused.",
+        help="Number of classes; beyond the 10 of fashion-mnist or digits, names are synthesised and images reused.",
     )
     parser.add_argument(
         "--data",
         default="fashion-mnist",
-        help="fashion-mnist (--classes of them), or world:<task> (all its classes; with --arch\n"
+        help="fashion-mnist or digits (--classes of them), or world:<task> (all its classes; with --arch\n"
         "src/peft_skip/assets/world-clip, a CLIP pretrained here, so accuracies are real).",
     )
     parser.add_argument("--shots", type=int, default=16, help="Training images per class.")

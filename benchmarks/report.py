@@ -94,7 +94,7 @@ def markdown(results: list[dict], facts: dict, command: str, pairs: list[tuple[d
         "its own classes" + (", of a random-weight model" if facts["random_weights"] else ""),
     ]
     if facts["synthetic_classes"]:
-        notes.append("classes beyond Fashion-MNIST's 10 have synthesised names and reuse its images")
+        notes.append(f"classes beyond {facts['data']}'s 10 have synthesised names and reuse its images")
     return "\n".join(lines + [""] + [f"- {note}" for note in notes]) + "\n"
 
 

@@ -26,21 +26,22 @@ from peft_skip.data import (
 )
 
 TEMPLATE = "a photo of a {}."
+SYNTHESISABLE = ("fashion-mnist", "digits")  # data sets of 10 classes that --classes extends
 
 
 def training_images(data: str, num_classes: int, shots: int, seed: int) -> tuple[ImageDataset, ImageDataset, bool]:
     """The whole training split and `shots` images per class drawn from it.
 
-    For Fashion-MNIST, `num_classes` of its classes; beyond its 10, classes get synthesised names and reuse the
-    images of real class `c % 10`. Other data sets keep all their classes.
+    For Fashion-MNIST and scikit-learn's digits (which the offline GPU machine has), `num_classes` of their classes;
+    beyond their 10, classes get synthesised names and reuse the images of real class `c % 10`. Other data sets keep
+    all their classes.
 
     Returns:
         `(split, shots, synthetic)`: the split, the drawn images, and whether classes were synthesised.
     """
-    if data != "fashion-mnist":
-        split = load_dataset_spec(data, "train")
+    split = load_fashion_mnist("train") if data == "fashion-mnist" else load_dataset_spec(data, "train")
+    if data not in SYNTHESISABLE:
         return split, sample_few_shot(split, shots, seed), False
-    split = load_fashion_mnist("train")
     real = len(split.class_names)
     if num_classes <= real:
         split = subset_classes(split, range(num_classes))

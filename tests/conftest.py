@@ -69,3 +69,30 @@ def image_batch(num: int = 3, seed: int = 0) -> torch.Tensor:
 @pytest.fixture
 def clip() -> CLIPModel:
     return tiny_clip()
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def device(request) -> torch.device:
+    """The device of a device-independent exactness test: the CPU, and CUDA (marked `gpu`) where there is one."""
+    if request.param == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA GPU here: `pytest -m gpu` runs these on one (benchmarks/gpu/run.sh)")
+        # Exactness, not speed: TF32 would round float32 matmuls and convolutions to 10 mantissa bits.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return torch.device(request.param)
+
+
+@pytest.fixture
+def accelerator(device):
+    """`accelerator(mixed_precision)`: a new `Accelerator` on `device`. Accelerate keeps one state per process that
+    refuses another device or precision, so it is reset before each one and after the test."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    def make(mixed_precision: str = "no") -> Accelerator:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision)
+
+    yield make
+    AcceleratorState._reset_state(reset_partial_state=True)

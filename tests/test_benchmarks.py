@@ -220,6 +220,25 @@ def test_world_suite_runs_peft_skip_train_per_task(tmp_path):
     assert "| `lighting` |" in (tmp_path / "results.md").read_text()
 
 
+def test_lowrank_scores_the_full_delta_and_each_rank(tmp_path):
+    """One world task, shrunk to 2 shots and 1 epoch: LoRA at the world CLIP's full rank (128) scores as the delta."""
+    import lowrank
+    import yaml
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = yaml.safe_load(open(os.path.join(root, "examples", "world.yaml"), encoding="utf-8"))
+    config |= {"model": os.path.join(root, config["model"]), "shots": 2, "num_train_epochs": 1, "test_limit": 40}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    argv = ["--tasks", "lighting", "--ranks", "128", "2", "--config", str(tmp_path / "run.yaml"), "--test_limit", "40"]
+    lowrank.main([*argv, "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["results"]["lighting"]
+    assert rows["128"]["accuracy"] == rows["full"]["accuracy"] and rows["128"]["energy"] == pytest.approx(1.0)
+    # Full rank costs more than the delta itself: r (in + out) > in x out for square weights.
+    assert rows["2"]["bytes"] < rows["full"]["bytes"] < rows["128"]["bytes"] and rows["2"]["energy"] < 1
+    assert "| `lighting` |" in (tmp_path / "out" / "results.md").read_text()
+    assert (tmp_path / "out" / "figure.png").stat().st_size > 0
+
+
 def test_seeds_summary_gathers_every_group(tmp_path):
     for group, accuracy in (("combos-few-shot", 0.7), ("lighting-few-shot", 0.9)):
         (tmp_path / group).mkdir()
@@ -265,3 +284,29 @@ def test_profile_step_smoke(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["profile_step.py", *argv.split()])
     profile_step.main()
     assert "Self CPU time total" in capsys.readouterr().out
+
+
+def test_gpu_check_rehearsal_on_the_cpu(tmp_path):
+    """benchmarks/gpu/check.py --device cpu --tiny: every section of the GPU check runs and reports, so that the run
+    on the GPU machine is not its first."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "gpu"))
+    import check
+
+    report = check.main(["--device", "cpu", "--tiny", "--out", str(tmp_path)])
+    sections = report["sections"]
+    assert not [name for name, s in sections.items() if "error" in s or "left_out" in s]
+    precision = sections["precision"]
+    assert set(precision) >= {"fp32", "fp16_reference", "bf16"}
+    for name in ("fp16_reference", "bf16"):
+        assert precision[name]["loss_drift"] > 0 and precision[name]["update_drift"] > 0
+    rows = {r["label"]: r for r in sections["cost"]["rows"]}
+    assert set(rows) == {"skip", "skip bf16"} and sections["cost"]["recipe_epochs"] == 20
+    assert rows["skip"]["recipe_seconds"] > 20 * rows["skip"]["epoch_seconds"] > 0  # plus a cache build per epoch
+    steps = sections["options"]["steps"]
+    assert len(steps) == 6 and all("error" not in r and r["step_seconds"] > 0 for r in steps)
+    assert len(sections["options"]["cache_build"]) == 4
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["sections"].keys() == sections.keys()
+    text = (tmp_path / "results.md").read_text()
+    assert "| Skip Tuning | no | 239 | 404 |" in text and "torch.compile" in text
+    assert sorted(os.listdir(tmp_path / "cost")) == ["figure.png", "results.json", "results.md"]

@@ -34,38 +34,40 @@ def build(model, **kwargs):
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
 @pytest.mark.parametrize("skip_layers", [0, 2, 4])
-def test_image_forward_from_cache_equals_full_forward(attn_implementation, skip_layers):
-    model = tiny_clip(attn_implementation=attn_implementation)
+def test_image_forward_from_cache_equals_full_forward(attn_implementation, skip_layers, device):
+    model = tiny_clip(attn_implementation=attn_implementation).to(device)
     vision = get_towers(model).vision
     cache = build(model, skip_layers=skip_layers, views=2)
     assert cache.shape == (2, NUM_IMAGES, 17, 32) and len(cache) == NUM_IMAGES
     indices = torch.tensor([5, 0, 3])
     with torch.no_grad():
         for view in range(2):
-            hidden = vision.run_layers(cache.get(indices, view), skip_layers, vision.num_layers)
-            expected = model.get_image_features(pixel_values=IMAGES[indices] + view).pooler_output
+            hidden = vision.run_layers(cache.get(indices, view).to(device), skip_layers, vision.num_layers)
+            pixels = (IMAGES[indices] + view).to(device)
+            expected = model.get_image_features(pixel_values=pixels).pooler_output
             torch.testing.assert_close(vision.pool(hidden), expected)
 
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
 @pytest.mark.parametrize("skip_layers", [0, 2, 4])
-def test_text_forward_from_trimmed_cache_equals_full_forward(attn_implementation, skip_layers):
-    model = tiny_clip(attn_implementation=attn_implementation)
+def test_text_forward_from_trimmed_cache_equals_full_forward(attn_implementation, skip_layers, device):
+    model = tiny_clip(attn_implementation=attn_implementation).to(device)
     text = get_towers(model).text
     batch = text_batch(num=6, length=10, seed=3)
     # Extra padding up to the longest position the model supports: the cache trims it.
-    input_ids = torch.cat([batch["input_ids"], torch.full((6, 6), PAD)], dim=1)
-    attention_mask = torch.cat([batch["attention_mask"], torch.zeros(6, 6, dtype=torch.long)], dim=1)
+    input_ids = torch.cat([batch["input_ids"], torch.full((6, 6), PAD)], dim=1).to(device)
+    attention_mask = torch.cat([batch["attention_mask"], torch.zeros(6, 6, dtype=torch.long)], dim=1).to(device)
     cache = build_text_cache(text, input_ids, attention_mask, skip_layers)
     longest = int(batch["attention_mask"].sum(dim=1).max())
     assert cache.hidden.shape == (6, longest, 32) and len(cache) == 6
     assert cache.input_ids.shape == cache.attention_mask.shape == (6, longest)
+    assert cache.hidden.device.type == cache.input_ids.device.type == device.type
     assert not cache.hidden.requires_grad
     with torch.no_grad():
         expected = model.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
         hidden = text.run_layers(cache.hidden, skip_layers, text.num_layers, attention_mask=cache.attention_mask)
         torch.testing.assert_close(text.pool(hidden, cache.input_ids), expected)
-        classes = torch.tensor([1, 4])
+        classes = torch.tensor([1, 4], device=device)
         part = cache.subset(classes)
         hidden = text.run_layers(part.hidden, skip_layers, text.num_layers, attention_mask=part.attention_mask)
         torch.testing.assert_close(text.pool(hidden, part.input_ids), expected[classes])
@@ -95,6 +97,17 @@ def test_storage_dtype_round_trip(tmp_path, dtype, atol, on_disk):
     torch.testing.assert_close(states, reference, atol=atol, rtol=1e-2)
     assert not torch.equal(states, reference)
     assert cache.get(torch.tensor([2]), 0, dtype=dtype).dtype == dtype
+
+
+def test_cache_moved_to_the_device_reads_the_same_states_there(tmp_path, device):
+    cache = build(tiny_clip(), dtype=torch.float16, views=2)
+    moved = cache.to(device)
+    indices = torch.tensor([6, 1])
+    states = moved.get(indices, torch.tensor([1, 0]))
+    assert states.device.type == device.type and moved.shape == cache.shape and moved.nbytes == cache.nbytes
+    assert torch.equal(states.cpu(), cache.get(indices, torch.tensor([1, 0])))
+    with pytest.raises(ValueError, match="memory-mapped on disk; build it without cache_dir"):
+        build(tiny_clip(), cache_dir=tmp_path).to(device)
 
 
 def test_disk_cache_reopens_without_recomputation(tmp_path, caplog):

@@ -13,8 +13,8 @@ import peft_skip  # noqa: F401
 from peft_skip import SkipConfig
 
 
-def _inputs():
-    return {**text_batch(num=3), "pixel_values": image_batch(num=3)}
+def _inputs(device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in {**text_batch(num=3), "pixel_values": image_batch(num=3)}.items()}
 
 
 def _deep_numel(clip, skip_layers):
@@ -57,11 +57,14 @@ def test_files_hold_only_the_deep_deltas(saved):
     assert payload <= size < payload + 32_000  # the rest is the safetensors header
 
 
-def test_load_round_trip_gives_the_same_logits(saved):
+def test_load_round_trip_gives_the_same_logits(saved, device):
     path, model = saved
-    expected = model(**_inputs()).logits_per_image
-    loaded = PeftModel.from_pretrained(tiny_clip(), path)
-    torch.testing.assert_close(loaded(**_inputs()).logits_per_image, expected)
+    expected = model.to(device)(**_inputs(device)).logits_per_image
+    loaded = PeftModel.from_pretrained(tiny_clip().to(device), path)
+    assert {p.device.type for p in loaded.parameters()} == {device.type}
+    torch.testing.assert_close(loaded(**_inputs(device)).logits_per_image, expected)
+    merged = loaded.merge_and_unload()
+    torch.testing.assert_close(merged(**_inputs(device)).logits_per_image, expected)
     config = PeftConfig.from_pretrained(path)
     assert isinstance(config, SkipConfig) and config.skip_layers == 2
 

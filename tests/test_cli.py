@@ -81,7 +81,7 @@ def test_base_to_new_resume(tiny_model, tmp_path):
 def test_every_option_is_explained():
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert set(commands) == {"train", "eval", "zero-shot", "benchmark", "make-offline-model", "recipe"}
+    assert set(commands) == {"train", "eval", "zero-shot", "benchmark", "export", "make-offline-model", "recipe"}
     for name, command in commands.items():
         for action in command._actions:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"

@@ -15,8 +15,8 @@ from peft_skip import SkipConfig
 from peft_skip.layer import SkipLayer
 
 
-def _inputs():
-    return {**text_batch(num=3), "pixel_values": image_batch(num=3)}
+def _inputs(device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in {**text_batch(num=3), "pixel_values": image_batch(num=3)}.items()}
 
 
 def _deep(name: str, vision_skip: int, text_skip: int) -> bool:
@@ -51,13 +51,14 @@ def test_zero_deltas_give_the_base_model():
 
 
 @pytest.mark.parametrize("skip_layers", [0, 2])
-def test_gradients_equal_full_fine_tuning(skip_layers):
+def test_gradients_equal_full_fine_tuning(skip_layers, device):
     full = tiny_clip()
-    model = get_peft_model(copy.deepcopy(full), SkipConfig(skip_layers=skip_layers, init_weights=False))
+    model = get_peft_model(copy.deepcopy(full), SkipConfig(skip_layers=skip_layers, init_weights=False)).to(device)
     # Full fine-tuning starts from the same effective weights W0 + dW.
     full.load_state_dict(copy.deepcopy(model).merge_and_unload().state_dict())
-    full(**_inputs(), return_loss=True).loss.backward()
-    model(**_inputs(), return_loss=True).loss.backward()
+    full.to(device)
+    full(**_inputs(device), return_loss=True).loss.backward()
+    model(**_inputs(device), return_loss=True).loss.backward()
 
     full_grads = dict(full.named_parameters())
     checked = 0
@@ -70,23 +71,23 @@ def test_gradients_equal_full_fine_tuning(skip_layers):
     assert checked == sum(_deep(n, skip_layers, skip_layers) for n, _ in full.named_parameters())
 
 
-def test_merge_unmerge_and_merge_and_unload():
-    model = get_peft_model(tiny_clip(), SkipConfig(skip_layers=2, init_weights=False))
-    tuned = model(**_inputs()).logits_per_image
+def test_merge_unmerge_and_merge_and_unload(device):
+    model = get_peft_model(tiny_clip(), SkipConfig(skip_layers=2, init_weights=False)).to(device)
+    tuned = model(**_inputs(device)).logits_per_image
     with model.disable_adapter():
-        base = model(**_inputs()).logits_per_image
+        base = model(**_inputs(device)).logits_per_image
     assert not torch.allclose(tuned, base)
 
     model.merge_adapter()
-    torch.testing.assert_close(model(**_inputs()).logits_per_image, tuned)
+    torch.testing.assert_close(model(**_inputs(device)).logits_per_image, tuned)
     model.unmerge_adapter()
     with model.disable_adapter():
-        torch.testing.assert_close(model(**_inputs()).logits_per_image, base)
+        torch.testing.assert_close(model(**_inputs(device)).logits_per_image, base)
 
     merged = model.merge_and_unload()
     assert type(merged) is CLIPModel
     assert not any(isinstance(m, SkipLayer) for m in merged.modules())
-    torch.testing.assert_close(merged(**_inputs()).logits_per_image, tuned)
+    torch.testing.assert_close(merged(**_inputs(device)).logits_per_image, tuned)
 
 
 def _held_bytes() -> int:
@@ -128,12 +129,13 @@ def test_save_after_merge_writes_the_trained_deltas(tmp_path):
         torch.testing.assert_close(saved[1][key], delta, rtol=0, atol=0)
 
 
-def test_several_adapters_set_and_delete():
-    model = get_peft_model(tiny_clip(), SkipConfig(skip_layers=2, init_weights=False), adapter_name="a")
+def test_several_adapters_set_and_delete(device):
+    model = get_peft_model(tiny_clip(), SkipConfig(skip_layers=2, init_weights=False), adapter_name="a").to(device)
     model.add_adapter("b", SkipConfig(skip_layers=3, init_weights=False))
-    logits_a = model(**_inputs()).logits_per_image
+    assert {p.device.type for p in model.parameters()} == {device.type}
+    logits_a = model(**_inputs(device)).logits_per_image
     model.set_adapter("b")
-    logits_b = model(**_inputs()).logits_per_image
+    logits_b = model(**_inputs(device)).logits_per_image
     assert not torch.allclose(logits_a, logits_b)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(".skip_tuned.b." in n for n in trainable)
@@ -144,7 +146,7 @@ def test_several_adapters_set_and_delete():
     model.delete_adapter("a")
     assert set(model.peft_config) == {"b"}
     assert not any("skip_tuned.a." in n for n, _ in model.named_parameters())
-    torch.testing.assert_close(model(**_inputs()).logits_per_image, logits_b)
+    torch.testing.assert_close(model(**_inputs(device)).logits_per_image, logits_b)
 
 
 def test_gradient_checkpointing_keeps_gradients():

@@ -63,12 +63,13 @@ def skip_model(seed: int = 0, **config) -> torch.nn.Module:
     return get_peft_model(tiny_clip(seed), SkipConfig(**config))
 
 
-def train(model, tmp_path, data=None, transform=jitter, resume=False, **args) -> SkipTrainer:
+def train(model, tmp_path, data=None, transform=jitter, resume=False, accelerator=None, **args) -> SkipTrainer:
     args = {"num_train_epochs": 3, "learning_rate": 0.05, "precision": "fp32", "disable_tqdm": True, **args}
+    args = SkipTrainingArguments(output_dir=str(tmp_path), **args)
     data = data or TensorImages()
     batch = text_batch(len(data.class_names), seed=1)
-    trainer = SkipTrainer(model, SkipTrainingArguments(output_dir=str(tmp_path), **args), data, batch, transform)
-    trainer.train(resume_from_checkpoint=resume)
+    trainer = SkipTrainer(model, args, data, batch, transform, accelerator)
+    trainer.result = trainer.train(resume_from_checkpoint=resume)  # read by the tests
     return trainer
 
 
@@ -80,17 +81,17 @@ def full_finetuning_step(model, pixels, labels, lr: float, weight_decay: float =
     """One SGD step of plain full fine-tuning of every parameter but logit_scale: CE over logit_scale * cos."""
     params = [p for name, p in model.named_parameters() if name != "logit_scale"]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    batch = prompts()
+    batch = {k: v.to(pixels.device) for k, v in prompts().items()}
     text = F.normalize(model.get_text_features(**batch).pooler_output, dim=-1)
     images = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
-    F.cross_entropy(model.logit_scale.exp() * images @ text.T, labels).backward()
+    F.cross_entropy(model.logit_scale.exp() * images @ text.T, labels.to(pixels.device)).backward()
     optimizer.step()
 
 
 @pytest.mark.parametrize(
     "skip_layers, accumulation, weight_decay", [(0, 1, 0.0), (2, 1, 0.0), (2, 2, 0.0), (2, 1, 0.01)]
 )
-def test_one_step_equals_full_finetuning(tmp_path, skip_layers, accumulation, weight_decay):
+def test_one_step_equals_full_finetuning(tmp_path, skip_layers, accumulation, weight_decay, device, accelerator):
     data = TensorImages(per_class=2)
     lr = 0.5
     model = skip_model(skip_layers=skip_layers)
@@ -107,12 +108,14 @@ def test_one_step_equals_full_finetuning(tmp_path, skip_layers, accumulation, we
         gradient_accumulation_steps=accumulation,
         sampler="random",
         weight_decay=weight_decay,
+        accelerator=accelerator(),
     )
     tuned = model.merge_and_unload()
+    assert {p.device.type for p in tuned.parameters()} == {device.type}
 
-    reference = tiny_clip()
+    reference = tiny_clip().to(device)
     before = copy.deepcopy(reference.state_dict())
-    full_finetuning_step(reference, data.pixels, torch.tensor(data.labels), lr, weight_decay)
+    full_finetuning_step(reference, data.pixels.to(device), torch.tensor(data.labels), lr, weight_decay)
 
     deep = [f"{tower}_model.encoder.layers.{i}." for tower in ("vision", "text") for i in range(skip_layers, 4)] + [
         "vision_model.post_layernorm.",
@@ -256,9 +259,26 @@ def test_optimizer_groups_split_the_towers(tmp_path):
     assert sorted(groups["vision"][1] + groups["text"][1]) == sorted(trainable)
 
 
-def test_fp16_reference_trains_float16_weights_in_place(tmp_path):
+def relative_errors(model, reference) -> dict[str, float]:
+    """`||dW - dW_ref|| / ||dW_ref||` of every delta but the key biases' (their exact gradient is 0: softmax
+    ignores a shift of all logits, so half precision leaves them noise)."""
+    expected, actual = deltas(reference), deltas(model)
+    return {
+        name: float((actual[name].float() - value).norm() / value.norm())
+        for name, value in expected.items()
+        if not ("k_proj" in name and name.endswith("bias"))
+    }
+
+
+def loss_drift(trainer, reference) -> float:
+    """Largest relative difference of the epoch losses of two runs."""
+    pairs = zip(trainer.result.history, reference.result.history, strict=True)
+    return max(abs(a["loss"] - b["loss"]) / b["loss"] for a, b in pairs)
+
+
+def test_fp16_reference_trains_float16_weights_in_place(tmp_path, device, accelerator):
     model = skip_model(delta_dtype="bfloat16")
-    train(model, tmp_path, precision="fp16_reference", num_train_epochs=2)
+    fp16 = train(model, tmp_path, precision="fp16_reference", num_train_epochs=2, accelerator=accelerator())
     layer_norm_params = {
         id(p)
         for module in model.modules()
@@ -269,21 +289,47 @@ def test_fp16_reference_trains_float16_weights_in_place(tmp_path):
     assert len(layer_norm_params) > 0
     for name, param in model.named_parameters():
         expected = torch.float32 if id(param) in layer_norm_params or "logit_scale" in name else torch.float16
-        assert param.dtype == expected, name
-    # Close to float32 training (but for the key biases, whose exact gradient is 0: float16 leaves them noise).
+        assert param.dtype == expected and param.device.type == device.type, name
+    # Close to float32 training.
     reference = skip_model()
-    train(reference, tmp_path / "fp32", num_train_epochs=2)
-    for name, expected in deltas(reference).items():
-        if not ("k_proj" in name and name.endswith("bias")):
-            error = (deltas(model)[name].float() - expected).norm() / expected.norm()
-            assert error < 0.2, name
+    fp32 = train(reference, tmp_path / "fp32", num_train_epochs=2, accelerator=accelerator())
+    errors = relative_errors(model, reference)
+    print(
+        f"\nfp16_reference vs fp32 on {device.type}: deltas' relative error median "
+        f"{sorted(errors.values())[len(errors) // 2]:.2e}, max {max(errors.values()):.2e}; epoch losses differ by "
+        f"up to {loss_drift(fp16, fp32):.2e} (relative)"
+    )
+    assert max(errors.values()) < 0.2
     with safe_open(os.path.join(tmp_path, "adapter_model.safetensors"), "pt") as saved:
         assert {saved.get_tensor(key).dtype for key in saved.keys()} == {torch.bfloat16}
     # A layer norm computes in float32 on its float32 weights and returns float16, as CLIP's own LayerNorm does.
     norm = model.base_model.model.vision_model.pre_layrnorm
-    x = torch.randn(2, 5, 32).half()
+    x = torch.randn(2, 5, 32).half().to(device)
     expected = F.layer_norm(x.float(), (32,), norm.weight, norm.bias, norm.eps).half()
     assert torch.equal(norm(x), expected)
+
+
+@pytest.mark.parametrize("mixed_precision", ["bf16", "fp16"])
+def test_mixed_precision_through_accelerate_stays_close_to_fp32(tmp_path, device, accelerator, mixed_precision):
+    if mixed_precision == "fp16" and device.type == "cpu":
+        pytest.skip("fp16 autocast with loss scaling needs CUDA (make_accelerator refuses it without a GPU)")
+    reference = skip_model()
+    fp32 = train(reference, tmp_path / "fp32", num_train_epochs=2, accelerator=accelerator())
+    model = skip_model()
+    half_accelerator = accelerator(mixed_precision)
+    half = train(
+        model, tmp_path / "half", num_train_epochs=2, mixed_precision=mixed_precision, accelerator=half_accelerator
+    )
+    # Autocast over float32 weights; fp16's gradients go through Accelerate's grad scaler.
+    assert (half_accelerator.scaler is not None) == (mixed_precision == "fp16")
+    assert {(p.dtype, p.device.type) for p in model.parameters()} == {(torch.float32, device.type)}
+    errors = relative_errors(model, reference)
+    print(
+        f"\nmixed_precision={mixed_precision} vs fp32 on {device.type}: deltas' relative error max "
+        f"{max(errors.values()):.2e}; epoch losses differ by up to {loss_drift(half, fp32):.2e} (relative)"
+    )
+    # Rounded, not wrong: close to the float32 run, and not the float32 run itself.
+    assert 0 < max(errors.values()) < 0.1
 
 
 def test_class_batches_draw_like_the_reference():
@@ -334,7 +380,7 @@ def test_incomplete_batches_are_dropped_unless_asked(tmp_path):
         ("paper", "dassl_cosine", "fp16_reference"),
     ],
 )
-def test_resume_equals_uninterrupted(tmp_path, cache_mode, schedule, precision):
+def test_resume_equals_uninterrupted(tmp_path, cache_mode, schedule, precision, device, accelerator):
     # Six classes, two shots: random batches of 4, and CSkip keeps the top 2 ranks plus a decaying tail, so the
     # resumed run must rank with the pre-trained prototypes, not the tuned model's.
     data = TensorImages(per_class=2, num_classes=6)
@@ -345,7 +391,7 @@ def test_resume_equals_uninterrupted(tmp_path, cache_mode, schedule, precision):
     hook = uninterrupted.base_model.model.text_projection.register_forward_hook(
         lambda module, inputs, output: text_classes.append(len(output))
     )
-    train(uninterrupted, tmp_path / "a", **run)
+    train(uninterrupted, tmp_path / "a", accelerator=accelerator(), **run)
     hook.remove()
     assert min(text_classes) < len(data.class_names)  # CSkip dropped classes
 
@@ -360,12 +406,12 @@ def test_resume_equals_uninterrupted(tmp_path, cache_mode, schedule, precision):
 
     hook = interrupted.base_model.model.visual_projection.register_forward_hook(crash_in_third_epoch)
     with pytest.raises(KeyboardInterrupt):
-        train(interrupted, tmp_path / "b", **run)
+        train(interrupted, tmp_path / "b", accelerator=accelerator(), **run)
     hook.remove()
     assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["epoch-0002"]  # save_total_limit=1
 
     resumed = skip_model(**method)
-    trainer = train(resumed, tmp_path / "b", resume=True, **run)
+    trainer = train(resumed, tmp_path / "b", resume=True, accelerator=accelerator(), **run)
     expected, actual = deltas(uninterrupted), deltas(resumed)
     assert any(v.abs().max() > 0 for v in expected.values())
     for name in expected:

@@ -12,6 +12,7 @@ from .cache import ImageCache, TextCache, build_text_cache  # noqa: E402
 from .classes import ClassSelector, keep_count, rank_keep_probabilities  # noqa: E402
 from .config import SkipConfig  # noqa: E402
 from .evaluation import evaluate_accuracy, evaluate_protocol, tokenize_classes  # noqa: E402
+from .hf_trainer import SkipHFTrainer  # noqa: E402
 from .hub import push_to_hub  # noqa: E402
 from .loss import drop_tokens, skip_tuning_loss  # noqa: E402
 from .model import SkipModel  # noqa: E402
@@ -24,6 +25,7 @@ __all__ = [
     "ClassSelector",
     "ImageCache",
     "SkipConfig",
+    "SkipHFTrainer",
     "SkipModel",
     "SkipTrainer",
     "SkipTrainingArguments",

@@ -13,10 +13,12 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import typing
 from collections.abc import Sequence
 
+import transformers
 import yaml
 from transformers import HfArgumentParser
 
@@ -28,7 +30,8 @@ from .data import (
     FASHION_MNIST_CLASSES,
     load_dataset_spec,
 )
-from .experiment import evaluate_saved, is_main_process, train_and_evaluate
+from .experiment import evaluate_saved, is_main_process, load_saved_adapter, train_and_evaluate
+from .export import ExportArguments, export_lora
 from .offline import OfflineModelArguments, make_offline_model
 from .protocols import BenchmarkArguments, run_benchmark
 from .recipes import REFERENCE_DATASETS, RecipeArguments, reference_recipe
@@ -63,6 +66,19 @@ def train_command(model_args: ModelArguments, data: DataArguments, method, train
 
 def eval_command(model_args: ModelArguments, data: DataArguments, eval_args: EvalArguments) -> int:
     evaluate_saved(model_args, data, eval_args)
+    return 0
+
+
+def export_command(model_args: ModelArguments, args: ExportArguments) -> int:
+    skip = load_saved_adapter(transformers.AutoModel.from_pretrained(model_args.model), args.adapter)
+    report = export_lora(skip, args.output_dir, args.rank)
+    skip_bytes = os.path.getsize(os.path.join(args.adapter, "adapter_model.safetensors"))
+    print(
+        f"Wrote a rank-{args.rank} LoRA adapter to {args.output_dir}: {report['bytes'] / 2**20:.2f} MiB (the Skip "
+        f"Tuning adapter: {skip_bytes / 2**20:.2f} MiB); {report['low_rank_modules']} Linear deltas as truncated SVDs "
+        f"keeping {100 * report['energy']:.2f}% of their squared norm, {report['exact_modules']} other modules exact. "
+        "Load it with plain peft: PeftModel.from_pretrained(base_model, output_dir)."
+    )
     return 0
 
 
@@ -115,6 +131,12 @@ def _commands() -> dict[str, tuple[list[type], typing.Callable, str]]:
             benchmark_command,
             "One of the paper's protocols on CoOp-layout data: trains and evaluates every (dataset, seed) cell, "
             "resumes where it stopped, writes results.json, results.md and results.png to --out.",
+        ),
+        "export": (
+            [ModelArguments, ExportArguments],
+            export_command,
+            "Write a Skip Tuning adapter as a small LoRA adapter that plain peft loads: a truncated SVD of rank "
+            "--rank of every Linear's delta, biases and layer norms exact (docs/config_and_checkpoints.md).",
         ),
         "make-offline-model": (
             [OfflineModelArguments],

@@ -25,6 +25,7 @@ from .precision import to_reference_fp16
 from .preflight import check_images_readable, check_launch
 from .recipes import REFERENCE_DATASETS
 from .run_state import claim_output_dir
+from .tracking import eval_scalars, start_tracking
 from .trainer import SkipTrainer, make_accelerator
 from .training_args import SkipTrainingArguments
 
@@ -88,7 +89,7 @@ def _train_and_evaluate(
 
     if training.disable_tqdm:
         transformers.utils.logging.disable_progress_bar()
-    accelerator = make_accelerator(training.mixed_precision)
+    accelerator = make_accelerator(training.mixed_precision, training.report_to, training.output_dir)
     say = accelerator.print
     say(training.precision_note())
     recipe = training.recipe()
@@ -132,9 +133,11 @@ def _train_and_evaluate(
     trainer = SkipTrainer(model, training, train_set, prompts, transform, accelerator=accelerator)
     if training.resume_from_checkpoint:
         trainer.check_resume()  # another run's checkpoint is refused before the zero-shot evaluation
+    tracking = start_tracking(accelerator, training, config)  # started here to report the evaluations too
     with model.disable_adapter():
         zero_shot = evaluate()
     say(f"zero-shot accuracy (base model): {summary(zero_shot)}")
+    accelerator.log(eval_scalars(zero_shot), step=0)
     with torch.autograd.set_detect_anomaly(training.detect_anomaly):
         result = trainer.train()
     say(
@@ -142,6 +145,7 @@ def _train_and_evaluate(
         f"total; training {result.train_seconds:.1f} s"
     )
     tuned = evaluate()
+    accelerator.log(eval_scalars(tuned), step=training.num_train_epochs)
     say(f"zero-shot accuracy (base model): {summary(zero_shot)}")
     say(f"Skip Tuning accuracy:            {summary(tuned)}")
     metrics = {
@@ -169,7 +173,17 @@ def _train_and_evaluate(
         say(f"adapter and metrics.json written to {training.output_dir}")
         if repo_id:
             say(f"uploaded to the Hub: {push_adapter(training.output_dir, repo_id)}")
+    if tracking:
+        accelerator.end_training()
     return metrics
+
+
+def load_saved_adapter(model, adapter_dir: str):
+    """`model` with the Skip Tuning adapter saved in `adapter_dir`, read with Skip Tuning's own checks (peft's reader
+    would fail on a broken file without naming it)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, adapter_dir, config=SkipConfig.from_pretrained(adapter_dir))
 
 
 def evaluate_saved(model_args: ModelArguments, data: DataArguments, eval_args: EvalArguments) -> dict:
@@ -180,11 +194,7 @@ def evaluate_saved(model_args: ModelArguments, data: DataArguments, eval_args: E
     accelerator = make_accelerator()
     model, processor = load_model(model_args, accelerator.print)
     if eval_args.adapter is not None:
-        from peft import PeftModel
-
-        # Read with Skip Tuning's own checks: peft's reader would fail on a broken file without naming it.
-        config = SkipConfig.from_pretrained(eval_args.adapter)
-        model = PeftModel.from_pretrained(model, eval_args.adapter, config=config)
+        model = load_saved_adapter(model, eval_args.adapter)
     if eval_args.precision == "fp16_reference":
         to_reference_fp16(model)
     model.to(accelerator.device)

@@ -42,44 +42,32 @@ from .run_state import (
 )
 from .schedule import make_optimizer, make_scheduler
 from .towers import get_towers
+from .tracking import EpochStats, epoch_scalars, logging_dir, start_tracking, tracker_names
 from .training_args import SkipTrainingArguments
 
 
-def make_accelerator(mixed_precision: str = "no") -> Accelerator:
+def make_accelerator(
+    mixed_precision: str = "no", report_to: str = "none", output_dir: str | None = None
+) -> Accelerator:
     """The `Accelerator` of a run; create it before anything else touches Accelerate's state.
 
     Args:
         mixed_precision (`str`): `no`, `bf16` (autocast on CPU or GPU) or `fp16` (GPU only).
+        report_to (`str`): The experiment trackers (`peft_skip.tracking.REPORT_TO`).
+        output_dir (`str`, *optional*): The run's output directory; local trackers write under its `runs/`.
     """
     if mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("mixed_precision='fp16' needs a CUDA GPU; use 'bf16' (autocast on CPU) or 'no'.")
     # Started as several processes (torchrun, `accelerate launch` with MULTI_GPU) on a machine without CUDA,
     # Accelerate only joins them in a (gloo) process group when told to run on the CPU.
     cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    log_dir = logging_dir(output_dir) if output_dir is not None else None
+    trackers = tracker_names(report_to) or None
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu, log_with=trackers, project_dir=log_dir)
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
-
-
-@dataclass
-class EpochStats:
-    """Sums over an epoch's images, added up over all processes."""
-
-    loss: float = 0.0  # sum of per-image losses
-    correct: int = 0
-    images: int = 0
-
-    def row(self, epoch: int, lrs: dict[str, float], seconds: float) -> dict:
-        return {
-            "epoch": epoch,
-            "loss": self.loss / self.images,
-            "accuracy": self.correct / self.images,
-            "lr": lrs.get("text"),
-            "vision_lr": lrs.get("vision"),
-            "seconds": seconds,
-        }
 
 
 @dataclass
@@ -103,7 +91,8 @@ class SkipTrainer:
         prompts (`dict[str, torch.Tensor]`): Tokenised prompts of all classes: `input_ids` and `attention_mask`,
             shape `(C, L)`, in class order (see `peft_skip.evaluation.tokenize_classes`).
         transform (`Callable`): Training augmentation: `transform(pil_image, generator=...)` -> `(3, S, S)`.
-        accelerator (`Accelerator`, *optional*): Defaults to `make_accelerator(args.mixed_precision)`.
+        accelerator (`Accelerator`, *optional*): Defaults to `make_accelerator(args.mixed_precision, args.report_to,
+            args.output_dir)`.
     """
 
     def __init__(
@@ -129,7 +118,7 @@ class SkipTrainer:
         self.prompts = prompts
         self.transform = transform
         self.config: SkipConfig = model.peft_config[model.active_adapter]
-        self.accelerator = accelerator or make_accelerator(args.mixed_precision)
+        self.accelerator = accelerator or make_accelerator(args.mixed_precision, args.report_to, args.output_dir)
         self.labels = torch.as_tensor(train_set.labels)
         # Resolved once (an unsupported model fails here): the towers only hold references to the model's modules.
         self.towers = get_towers(model)
@@ -180,6 +169,7 @@ class SkipTrainer:
             )
         elif accelerator.is_main_process:
             start_new_run(args.output_dir)
+        tracking = start_tracking(accelerator, args, self.config)
         step = SkipTuningStep.from_prompts(
             self.model, self.towers, self.prompts, seeded_generator(args.seed, -1), accelerator.device
         )
@@ -196,17 +186,19 @@ class SkipTrainer:
         )
         started = time.perf_counter()
         for epoch in range(result.resumed_from_epoch, args.num_train_epochs):
-            epoch_start = time.perf_counter()
+            epoch_start, cache_seconds = time.perf_counter(), 0.0
             if args.cache_mode == "paper" or cache is None:
                 cache = self._image_cache(epoch if args.cache_mode == "paper" else -1)
-                result.cache_seconds += time.perf_counter() - epoch_start
+                cache_seconds = time.perf_counter() - epoch_start
+                result.cache_seconds += cache_seconds
                 result.cache_bytes = cache.nbytes
             bar.set_description(f"epoch {epoch + 1}/{args.num_train_epochs}")
             with frozen:
                 stats, lrs = self._train_epoch(step, optimizer, scheduler if per_step else None, cache, epoch, bar)
             if not per_step:
                 scheduler.step()
-            result.history.append(stats.row(epoch + 1, lrs, time.perf_counter() - epoch_start))
+            result.history.append(stats.row(epoch + 1, lrs, time.perf_counter() - epoch_start, cache_seconds))
+            accelerator.log(epoch_scalars(result.history[-1]), step=epoch + 1)
             if accelerator.is_main_process:
                 keep = args.save_total_limit
                 save_checkpoint(self.model, args.output_dir, epoch + 1, identity, optimizer, scheduler, keep)
@@ -216,6 +208,8 @@ class SkipTrainer:
         if accelerator.is_main_process:
             save_adapter(self.model, args.output_dir)
         accelerator.wait_for_everyone()
+        if tracking:
+            accelerator.end_training()
         return result
 
     def _train_epoch(self, step, optimizer, step_scheduler, cache: ImageCache, epoch: int, bar) -> tuple:
@@ -266,14 +260,16 @@ class SkipTrainer:
             last = micro == len(group) - 1
             with nullcontext() if last else accelerator.no_sync(step):
                 out = step(states.to(accelerator.device), labels, scale, generator)
-                totals = torch.stack(
+                # Images, kept classes and batches of this process (CSkip runs on each process's own images).
+                counts = [len(local), out.logits.shape[-1] if len(local) else 0, int(len(local) > 0)]
+                totals = torch.cat(
                     [
-                        out.loss.detach().double() * group_size / num_processes,
-                        (out.logits.argmax(-1) == out.targets).sum().double(),
-                        torch.tensor(float(len(local)), dtype=torch.float64, device=out.loss.device),
+                        out.loss.detach().double().reshape(1) * group_size / num_processes,
+                        (out.logits.argmax(-1) == out.targets).sum().double().reshape(1),
+                        torch.tensor(counts, dtype=torch.float64, device=out.loss.device),
                     ]
                 )
-                loss_sum, correct, images = accelerator.reduce(totals, reduction="sum").tolist()
+                loss_sum, correct, images, kept, batches = accelerator.reduce(totals, reduction="sum").tolist()
                 if not math.isfinite(loss_sum):
                     last_good = list_checkpoints(self.args.output_dir)
                     raise NonFiniteLossError(
@@ -285,6 +281,8 @@ class SkipTrainer:
             stats.loss += loss_sum
             stats.correct += int(correct)
             stats.images += int(images)
+            stats.kept_classes += int(kept)
+            stats.batches += int(batches)
 
     def _image_cache(self, key: int) -> ImageCache:
         """This process's shard of the image cache for pass `key` (an epoch, or -1 for the views built once)."""

@@ -20,6 +20,7 @@ import torch
 
 from .config import StorageDtype
 from .recipes import PROTOCOLS, REFERENCE_DATASETS, Recipe, reference_recipe
+from .tracking import ReportTo, tracker_names
 
 
 def _arg(default, help: str, *aliases: str, **kwargs):
@@ -148,6 +149,12 @@ class SkipTrainingArguments:
         compare=False,
     )
     disable_tqdm: bool = _arg(False, "No progress bars.", "--no-progress", compare=False)
+    report_to: ReportTo = _arg(
+        "none",
+        "Experiment tracker of the per-epoch loss, accuracy, learning rates, kept classes and cache build time, "
+        "through Accelerate: tensorboard (under output_dir/runs), wandb, mlflow, all (those installed), none.",
+        compare=False,
+    )
     push_to_hub: bool = _arg(
         False,
         "Upload the adapter, its model card and metrics.json to the Hub after training (the repository is created "
@@ -177,6 +184,7 @@ class SkipTrainingArguments:
         for name in ("shots", "num_train_epochs", "batch_size", "gradient_accumulation_steps", "views"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SkipTrainingArguments.{name}={getattr(self, name)!r} is invalid; expected >= 1.")
+        tracker_names(self.report_to)  # a tracker that is not installed fails here, before any work
         if self.dataloader_num_workers < 0:
             raise ValueError(f"dataloader_num_workers={self.dataloader_num_workers} is invalid; expected >= 0.")
         if not 0 < self.crop_min_area <= 1:

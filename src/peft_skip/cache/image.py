@@ -134,6 +134,18 @@ class ImageCache:
                 states = states.view(torch.bfloat16)
         return states.to(dtype)
 
+    def to(self, device: torch.device | str) -> ImageCache:
+        """This cache with its states on `device`, e.g. a GPU, where [`get`] then reads them without a copy from the
+        host each step. Only for a cache in memory: one on disk stays memory-mapped on the CPU.
+
+        Args:
+            device (`torch.device` or `str`): Where the states go.
+        """
+        if not isinstance(self._states, torch.Tensor):
+            raise ValueError(f"The image cache at {self.path} is memory-mapped on disk; build it without cache_dir.")
+        states = self._states.to(device)
+        return ImageCache(states, self.indices, len(self._row_of), self.dtype, self.fingerprint, self.path)
+
     @classmethod
     @_one_build_at_a_time
     @torch.no_grad()
