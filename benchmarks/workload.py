@@ -9,6 +9,7 @@ split, so that hyper-parameters can be chosen without looking at the test images
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 
@@ -44,7 +45,7 @@ def training_images(data: str, num_classes: int, shots: int, seed: int) -> tuple
         return split, sample_few_shot(split, shots, seed), False
     real = len(split.class_names)
     if num_classes <= real:
-        split = subset_classes(split, range(num_classes))
+        split = subset_classes(split, split.class_names[:num_classes])
         return split, sample_few_shot(split, shots, seed), False
     by_class = [[i for i, label in enumerate(split.labels) if label == c] for c in range(real)]
     rng = random.Random(seed)
@@ -65,8 +66,11 @@ def evaluation_images(split: ImageDataset, shots: ImageDataset, data: str, eval_
         drawn = set(shots.items)
         return split.subset([i for i, item in enumerate(split.items) if item not in drawn])
     test = load_dataset_spec(data, "test")
-    keep = [i for i, label in enumerate(test.labels) if label < len(shots.class_names)]
-    return ImageDataset(shots.class_names, [test.items[i] for i in keep], [test.labels[i] for i in keep], test.source)
+    # By name, never by index; the synthesised classes have no test images.
+    present = [name for name in shots.class_names if name in test.class_names]
+    tested = subset_classes(test, present)
+    labels = [shots.class_names.index(present[label]) for label in tested.labels]
+    return dataclasses.replace(tested, class_names=list(shots.class_names), labels=labels)
 
 
 def _sample(dataset: ImageDataset, limit: int, seed: int) -> ImageDataset:
@@ -115,9 +119,9 @@ def build_workload(
     evaluation = evaluation_images(split, train, data, eval_on)
     if eval_on == "held-out" and len(evaluation) == 0:
         raise ValueError(f"--shots {shots} draws every training image of {data}: lower it to leave some held out.")
-    groups = {"all": list(range(len(train.class_names)))}
+    groups = {"all": list(train.class_names)}
     if base_to_new:
-        groups = dict(zip(("base", "new"), split_base_new(train.class_names), strict=True))
+        groups = dict(zip(("base", "new"), split_base_new(train), strict=True))
         train = subset_classes(train, groups["base"])
     transform = ImageTransform.from_processor(processor, train=False)
 
@@ -142,7 +146,7 @@ def build_workload(
     eval_sets = {}
     for name, classes in groups.items():
         images = _sample(subset_classes(evaluation, classes), eval_images, seed)
-        class_names = [evaluation.class_names[c] for c in classes]
+        class_names = list(classes)
         eval_sets[name] = {
             "prompts": tokenize(class_names, TEMPLATE),
             "name_prompts": tokenize(class_names, "{}."),

@@ -66,8 +66,10 @@ def run_task(task: str, args: WorldSuiteArguments) -> dict:
 
 
 def _chance(task: str, base_to_new: bool) -> dict[str, float]:
-    classes = load_world_task(task, "test").class_names  # cached: the run has just loaded it
-    groups = dict(zip(("base", "new"), split_base_new(classes), strict=True)) if base_to_new else {"all": classes}
+    test = load_world_task(task, "test")  # cached: the run has just loaded it
+    groups = {"all": test.class_names}
+    if base_to_new:
+        groups = dict(zip(("base", "new"), split_base_new(test), strict=True))
     return {name: 1 / len(members) for name, members in groups.items()}
 
 

@@ -68,3 +68,19 @@ def test_only_towers_knows_module_names_and_feature_outputs():
 def test_modules_stay_small():
     sizes = {name: len(path.read_text().splitlines()) for name, path in _modules().items()}
     assert {name: lines for name, lines in sizes.items() if lines > 320} == {}
+
+
+def test_the_caches_and_the_fingerprint_know_no_tuner_names():
+    """`cache/` keys its states by a generic fingerprint; neither reaches the tuner's modules, even indirectly."""
+    graph = import_graph()
+
+    def reached(name: str) -> set[str]:
+        seen, todo = set(), [name]
+        while todo:
+            for dep in graph[todo.pop()] - seen:
+                seen.add(dep)
+                todo.append(dep)
+        return seen
+
+    for name in ("fingerprint", "cache", "cache.image", "cache.text"):
+        assert not reached(name) & {"layer", "model"}, name

@@ -139,7 +139,7 @@ def test_size_is_logged_before_building(caplog):
     "change, reason",
     [
         ({"fingerprint": {"data": "other images"}}, "(data differ)"),
-        ({"skip_layers": 3}, "(skip_layers differ)"),
+        ({"skip_layers": 3}, "(skip_layers, weights differ)"),  # layer 2 joins the weights read
         ({"views": 1}, "(views differ)"),
         ({"dtype": torch.float16}, "(dtype differ)"),
         ({"model": tiny_clip(seed=1)}, "(weights differ)"),
@@ -156,6 +156,22 @@ def test_fingerprint_mismatch_rebuilds(tmp_path, caplog, change, reason):
     assert reason in caplog.text
     expected = build(**{**arguments, "cache_dir": None}).get(torch.arange(NUM_IMAGES), 0)
     torch.testing.assert_close(rebuilt.get(torch.arange(NUM_IMAGES), 0), expected, atol=0, rtol=0)
+
+
+def test_the_key_holds_the_weights_the_states_depend_on_and_no_other(tmp_path):
+    """A change to a shallow vision weight rebuilds the cache; the deep layers and the text tower do not count."""
+    model = tiny_clip()
+    build(model, cache_dir=tmp_path)
+    with torch.no_grad():
+        model.vision_model.encoder.layers[3].mlp.fc2.weight.mul_(-1)  # deep (skip_layers=2)
+        model.text_model.encoder.layers[0].mlp.fc2.weight.mul_(-1)
+    images = Images()
+    build(model, cache_dir=tmp_path, images=images)
+    assert images.calls == 0
+    with torch.no_grad():
+        model.vision_model.encoder.layers[1].mlp.fc2.weight.mul_(-1)
+    build(model, cache_dir=tmp_path, images=images)
+    assert images.calls > 0
 
 
 def test_interrupted_build_is_rebuilt(tmp_path, caplog):

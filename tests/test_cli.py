@@ -9,7 +9,9 @@ import sys
 
 import pytest
 import torch
+from synthetic_images import write_folder
 
+import peft_skip.experiment
 from peft_skip.cli import build_parser, main
 
 TRAIN = ["--data", "digits", "--shots", "4", "--skip-layers", "2", "--test-limit", "60", "--no-progress"]
@@ -76,6 +78,30 @@ def test_base_to_new_resume(tiny_model, tmp_path):
     resumed = json.loads((tmp_path / "metrics.json").read_text())
     assert resumed["resumed_from_epoch"] == 2 and resumed["history"] == []
     assert resumed["tuned"] == metrics["tuned"]
+
+
+def test_base_to_new_refuses_train_and_test_folders_with_different_classes(tiny_model, tmp_path, capsys, monkeypatch):
+    # By index, test/'s class 1 ("c") would be scored as base class "b", which test/ lacks.
+    write_folder(tmp_path / "data" / "train", {"a": 2, "b": 2, "c": 2, "d": 2})
+    write_folder(tmp_path / "data" / "test", {"a": 1, "c": 1, "d": 1})
+    monkeypatch.setattr(peft_skip.experiment, "load_model", lambda *args: pytest.fail("refused after loading"))
+    args = ["train", "--model", tiny_model, "--data", str(tmp_path / "data"), "--shots", "2"]
+    assert main([*args, "--preset", "base_to_new", "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "test split lacks ['b'] and adds []" in error and error.count("\n") == 1
+
+
+def test_short_classes_are_trained_whole_and_recorded(tiny_model, tmp_path, capsys):
+    write_folder(tmp_path / "data" / "train", {"a": 3, "b": 1, "c": 3})
+    write_folder(tmp_path / "data" / "test", {"a": 1, "b": 1, "c": 1})
+    args = ["train", "--model", tiny_model, "--data", str(tmp_path / "data"), "--shots", "2", "--epochs", "1"]
+    args += ["--skip-layers", "2", "--batch-size", "1", "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main(args) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["short_classes"] == {"b": 1} and metrics["train_images"] == 5
+    assert "5 training images (2 shots x 3 classes; 1 with fewer, kept whole)" in capsys.readouterr().out
+    assert main([*args[:-3], "--shots", "4", "--out", str(tmp_path / "run4"), "--no-progress"]) == 2
+    assert "--shots 4 asked but no class has more than 3 images" in capsys.readouterr().err
 
 
 def test_every_option_is_explained():

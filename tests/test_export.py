@@ -87,13 +87,13 @@ def test_truncated_rank_is_the_best_approximation_of_each_delta(trained, tmp_pat
 
     lora = PeftModel.from_pretrained(tiny_clip(), str(tmp_path / "lora"))
     layer = model.base_model.model.vision_model.encoder.layers[3].mlp.fc1
-    delta = layer.delta("default")["weight"]
+    delta = layer.get_delta_weight("default")["weight"]
     loaded = lora.base_model.model.vision_model.encoder.layers[3].mlp.fc1
     low_rank = loaded.lora_B["default"].weight @ loaded.lora_A["default"].weight
     singular = torch.linalg.svdvals(delta.double())
     # Eckart-Young: the error of the best rank-4 approximation is the norm of the singular values left out.
     assert float((delta - low_rank).double().norm()) == pytest.approx(float(singular[4:].norm()), rel=1e-4)
-    assert torch.allclose(loaded.lora_B["default"].bias, layer.delta("default")["bias"])
+    assert torch.allclose(loaded.lora_B["default"].bias, layer.get_delta_weight("default")["bias"])
     assert 0 < report["energy"] < 1
     # 24 Linears: r (in + out) + out values each; exact: 10 layer norms (2 x 32 values), 2 projections (16 x 32).
     linear_shapes = [(32, 32)] * 4 * 4 + [(64, 32), (32, 64)] * 4

@@ -4,7 +4,13 @@ from peft import get_peft_model
 
 import peft_skip  # noqa: F401
 from peft_skip import SkipConfig
-from peft_skip.fingerprint import fingerprint, fingerprint_mismatch
+from peft_skip.fingerprint import fingerprint as fingerprint_of
+from peft_skip.fingerprint import fingerprint_mismatch
+from peft_skip.layer import base_parameters
+
+
+def fingerprint(model):
+    return fingerprint_of(base_parameters(model))
 
 
 def test_same_weights_match_in_any_dtype_and_when_wrapped():

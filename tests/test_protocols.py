@@ -9,11 +9,13 @@ import pytest
 from coop_miniature import IMAGENET_CLASSES, SPLIT_FILE_CLASSES, write_coop_miniature
 
 import peft_skip.evaluation
+import peft_skip.protocols
 import peft_skip.trainer
 from peft_skip.cli import main
 from peft_skip.offline import make_offline_model
 from peft_skip.protocol_report import results_markdown, summarise
 from peft_skip.protocols import BenchmarkArguments, Cell, cell_training_arguments, plan_cells
+from peft_skip.recipes import reference_recipe
 from peft_skip.trainer import SkipTrainer
 
 DATASETS = ("imagenet", "caltech101", "eurosat")
@@ -61,6 +63,14 @@ def test_base_to_new_end_to_end(data_root, tiny_model, tmp_path, trained, monkey
         return original(model, dataset, *args, **kwargs)
 
     monkeypatch.setattr(peft_skip.evaluation, "evaluate_accuracy", spy)
+    batch_sizes = []
+    evaluate_protocol = peft_skip.protocols.evaluate_protocol
+
+    def protocol_spy(*args):
+        batch_sizes.append(args[-1])
+        return evaluate_protocol(*args)
+
+    monkeypatch.setattr(peft_skip.protocols, "evaluate_protocol", protocol_spy)
     out = tmp_path / "b2n"
     assert main(_benchmark("base_to_new", "caltech101,eurosat", "1,2", tiny_model, data_root, out)) == 0
 
@@ -75,6 +85,8 @@ def test_base_to_new_end_to_end(data_root, tiny_model, tmp_path, trained, monkey
         assert {"base", "new", "hm", "seconds", "peak_memory_mb"} <= set(record) and "accuracy" not in record
         assert 0 <= record["base"] <= 100 and record["num_images"] == 4 * 2  # 4 classes x 2 test images
         assert record["hm"] == pytest.approx(peft_skip.evaluation.harmonic_mean(record["base"], record["new"]))
+        assert record["short_classes"] == {}  # 4 shots of 4 images per class
+    assert batch_sizes == [reference_recipe("base_to_new", "eurosat").test_batch_size] * 4  # the recipe's, 100
     assert sorted(p.name for p in (out / "eurosat").iterdir()) == ["seed1", "seed2", "split_fewshot"]
     assert (out / "eurosat" / "seed2" / "adapter_model.safetensors").exists()
 
@@ -171,6 +183,14 @@ def test_plan_and_arguments():
 def test_missing_data_fails_before_training(tiny_model, tmp_path, trained):
     command = _benchmark("few_shot", "dtd", "1", tiny_model, str(tmp_path), tmp_path / "out")
     assert main(command) == 2 and trained == []
+
+
+def test_shots_no_class_can_give_are_refused_before_training(data_root, tiny_model, tmp_path, trained, capsys):
+    # The miniature has 4 training images per class: `--shots 100` would train 4-shot while recording 100.
+    command = _benchmark("few_shot", "eurosat", "1", tiny_model, data_root, tmp_path / "out") + ["--shots", "100"]
+    assert main(command) == 2 and trained == []
+    assert "--shots 100 asked but no class has more than 4 images" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "results.json").exists()
 
 
 def test_summary_mean_std_and_averages():

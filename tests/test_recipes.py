@@ -7,10 +7,15 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_clip
 
+import peft_skip.protocols
+import peft_skip.training_args
+from peft_skip.batches import uses_class_batches
 from peft_skip.cli import _parse, main
 from peft_skip.data import TEMPLATES
 from peft_skip.recipes import PROTOCOLS, REFERENCE_DATASETS, Recipe, reference_recipe, with_overrides
+from peft_skip.schedule import make_optimizer
 from peft_skip.training_args import SkipTrainingArguments
 
 # Shared by every protocol: trainers/_base_/defaults.py (SGD), the three yaml files (batch 4, 224 bicubic, transforms),
@@ -273,3 +278,23 @@ def test_no_dataset_gives_the_protocols_defaults(capsys):
         main(["recipe", "--protocol", "base_to_new", "--dataset", "imagenet_1k"])
     assert main(["recipe", "--protocol", "base_to_new", "--dataset", "imagenet_a"]) == 2
     assert "test-only" in capsys.readouterr().err
+
+
+def test_the_runtime_reads_the_recipe_fields_it_used_to_hard_code(monkeypatch, tmp_path):
+    """Change a field of the recipe: the trainer's sampler rule, optimiser, augmentation and the benchmark follow."""
+    changed = dict(sampler_min_shots=2, nesterov=True, crop_scale=(0.5, 1.0), seeds=(4, 5))
+
+    def recipe(protocol, dataset=None, strict=False):
+        return with_overrides(reference_recipe(protocol, dataset, strict), **changed)
+
+    monkeypatch.setattr(peft_skip.training_args, "reference_recipe", recipe)
+    monkeypatch.setattr(peft_skip.protocols, "reference_recipe", recipe)
+    args = SkipTrainingArguments(output_dir=str(tmp_path), batch_size=2)
+    two_shots = torch.tensor([0, 0, 1, 1])
+    assert uses_class_batches(args, two_shots)  # the reference's 4 would give random batches
+    assert args.crop_min_area == 0.5
+    assert all(group["nesterov"] for group in make_optimizer(tiny_clip(), args).param_groups)
+    benchmark = peft_skip.protocols.BenchmarkArguments("few_shot", "m", "root", "out")
+    assert benchmark.seed_list() == [4, 5]
+    changed = dict(optimizer="adamw_torch")  # read by the patched recipe when called
+    assert SkipTrainingArguments(output_dir=str(tmp_path)).optim == "adamw_torch"

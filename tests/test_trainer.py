@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import os
 import subprocess
@@ -28,8 +29,8 @@ from peft_skip.training_args import SkipTrainingArguments
 NUM_CLASSES = 3
 
 
-class TensorImages:
-    """A data set of random 32x32 images with the `ImageDataset` interface the trainer uses."""
+class UnidentifiedImages:
+    """A data set of random 32x32 images with the `ImageDataset` interface the trainer uses, but no fingerprint."""
 
     def __init__(self, per_class: int = 4, num_classes: int = NUM_CLASSES, seed: int = 0) -> None:
         self.class_names = [f"class {c}" for c in range(num_classes)]
@@ -41,6 +42,13 @@ class TensorImages:
 
     def image(self, i: int) -> torch.Tensor:
         return self.pixels[i]
+
+
+class TensorImages(UnidentifiedImages):
+    """The same, with the fingerprint that resuming and a cache directory need to tell data sets apart."""
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.pixels.numpy().tobytes() + bytes(self.labels)).hexdigest()[:16]
 
 
 def identity(image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -424,6 +432,44 @@ def test_resume_equals_uninterrupted(tmp_path, cache_mode, schedule, precision, 
         train(skip_model(), tmp_path / "b", resume=True, **{**run, "learning_rate": 0.5})
 
 
+def with_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` with attention dropout: a step draws from torch's global generator."""
+    for module in model.modules():
+        if isinstance(getattr(module, "dropout", None), float):
+            module.dropout = 0.3
+    return model
+
+
+def test_resume_with_dropout_equals_uninterrupted_without_a_saved_random_state(tmp_path):
+    run = dict(num_train_epochs=2, precision="fp32")
+    uninterrupted = with_dropout(skip_model())
+    train(uninterrupted, tmp_path / "a", **run)
+    without_dropout = train(skip_model(), tmp_path / "c", **run).model
+    projection = "base_model.model.visual_projection.skip_delta.weight"
+    assert not torch.equal(deltas(uninterrupted)[projection], deltas(without_dropout)[projection])  # dropout acts
+
+    interrupted = with_dropout(skip_model())
+    calls = 0
+
+    def crash_in_second_epoch(module, inputs, output):
+        nonlocal calls
+        calls += 1
+        if calls == 3 + 2:  # 3 steps per epoch
+            raise KeyboardInterrupt
+
+    hook = interrupted.base_model.model.visual_projection.register_forward_hook(crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, tmp_path / "b", **run)
+    hook.remove()
+    resumed = with_dropout(skip_model())
+    torch.manual_seed(123)  # whatever the global generator holds when the run resumes
+    train(resumed, tmp_path / "b", resume=True, **run)
+    for name, expected in deltas(uninterrupted).items():
+        torch.testing.assert_close(deltas(resumed)[name], expected, rtol=0, atol=1e-6, msg=name)
+    state = torch.load(tmp_path / "b" / "checkpoints" / "epoch-0002" / "trainer_state.pt", weights_only=True)
+    assert set(state) == {"epoch", "identity", "optimizer", "scheduler"}
+
+
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
     model = skip_model()
     calls = 0
@@ -491,6 +537,24 @@ def test_bad_inputs(tmp_path):
         SkipTrainer(
             skip_model(), SkipTrainingArguments(output_dir=str(tmp_path)), TensorImages(), text_batch(5), identity
         )
+
+
+def test_a_data_set_without_fingerprint_can_neither_resume_nor_use_a_cache_dir(tmp_path):
+    train(skip_model(), tmp_path / "plain", data=UnidentifiedImages(), num_train_epochs=1)  # trains without either
+    for option in ({"resume_from_checkpoint": True}, {"cache_dir": str(tmp_path / "cache")}):
+        arguments = SkipTrainingArguments(output_dir=str(tmp_path / "run"), precision="fp32", **option)
+        with pytest.raises(ValueError, match="has no fingerprint\\(\\), so it cannot resume or use cache_dir") as err:
+            SkipTrainer(skip_model(), arguments, UnidentifiedImages(), prompts(), identity)
+        assert "\n" not in str(err.value)
+    trainer = SkipTrainer(
+        skip_model(),
+        SkipTrainingArguments(output_dir=str(tmp_path / "plain")),
+        UnidentifiedImages(),
+        prompts(),
+        jitter,
+    )
+    with pytest.raises(ValueError, match="cannot resume"):
+        trainer.train(resume_from_checkpoint=True)
 
 
 DISTRIBUTED = os.path.join(os.path.dirname(__file__), "distributed_train.py")

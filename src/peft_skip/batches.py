@@ -51,10 +51,13 @@ def class_batches(
 
 
 def uses_class_batches(args: SkipTrainingArguments, labels: torch.Tensor) -> bool:
-    """Whether batches come from one class each: `sampler="class"`, or `"auto"` when every class has at least 4
-    images (the reference's rule: "batch_random" from 4 shots on) and, with `dataloader_drop_last`, a full batch."""
+    """Whether batches come from one class each: `sampler="class"`, or `"auto"` when the recipe's rule picks its
+    one-class sampler for the smallest class (the reference: "batch_random" from `sampler_min_shots` = 4 shots on)
+    and, with `dataloader_drop_last`, that class makes a full batch."""
     smallest = int(torch.bincount(labels).min())
-    enough = smallest >= 4 and (smallest >= args.batch_size or not args.dataloader_drop_last)
+    recipe = args.recipe()
+    enough = recipe.sampler_for(smallest) == recipe.sampler
+    enough = enough and (smallest >= args.batch_size or not args.dataloader_drop_last)
     return args.sampler == "class" or (args.sampler == "auto" and enough)
 
 

@@ -127,7 +127,8 @@ def accuracy_report(predictions: Sequence[int], references: Sequence[int], class
 
 
 def harmonic_mean(base: float, new: float) -> float:
-    """HM of base and new accuracy, the headline number of base-to-new (0 if both are 0)."""
+    """HM of base and new accuracy, the headline number of base-to-new (0 if both are 0). The `base_new_accuracy`
+    metric module restates it (it must stay self-contained); a test checks that the two agree."""
     return 0.0 if base + new == 0 else 2 * base * new / (base + new)
 
 
@@ -137,7 +138,7 @@ def evaluate_protocol(
     dataset,
     transform: Callable,
     template: str | Sequence[str],
-    base_new: tuple[Sequence[int], Sequence[int]] | None = None,
+    base_new: tuple[Sequence[str], Sequence[str]] | None = None,
     batch_size: int = 64,
     num_workers: int = 0,
     progress: bool = False,
@@ -150,14 +151,14 @@ def evaluate_protocol(
         dataset: The test `ImageDataset`.
         transform (`Callable`): Evaluation transform.
         template (`str` or `Sequence[str]`): Prompt template, or several averaged (see `tokenize_classes`).
-        base_new (`tuple`, *optional*): Base and new class indices; each group is tested on its own images, choosing
+        base_new (`tuple`, *optional*): Base and new class names; each group is tested on its own images, choosing
             among its own classes.
         batch_size (`int`): Images per forward pass.
         num_workers (`int`): Worker processes that read and transform the images (see `evaluate_accuracy`).
         progress (`bool`): Show a progress bar over the batches.
     """
 
-    def accuracy(classes: Sequence[int] | None) -> dict:
+    def accuracy(classes: Sequence[str] | None) -> dict:
         subset = dataset if classes is None else subset_classes(dataset, classes)
         prompts = tokenize_classes(model, tokenizer, subset.class_names, template)
         return evaluate_accuracy(model, subset, prompts, transform, batch_size, num_workers, progress)

@@ -17,7 +17,15 @@ import transformers
 from .arguments import DataArguments, EvalArguments, ModelArguments
 from .card import build_card, write_card
 from .config import SkipConfig
-from .data import ImageDataset, ImageTransform, sample_few_shot, split_base_new, subset_classes
+from .data import (
+    ImageDataset,
+    ImageTransform,
+    sample_few_shot,
+    short_classes,
+    split_base_new,
+    subset_classes,
+)
+from .data.splits import check_same_classes, check_shots
 from .evaluation import evaluate_protocol, summary, tokenize_classes
 from .hub import create_hub_repo, hub_repo_id, push_adapter
 from .offline import has_random_weights
@@ -100,11 +108,18 @@ def _train_and_evaluate(
         )
     # Several templates: evaluation averages them, training uses the first (the reference trains on one).
     templates = data.resolved_templates(recipe.train_template if training.recipe_dataset else None)
-    train_set = sample_few_shot(data.load("train"), training.shots, training.seed)
+    train_set = data.load("train")
+    check_shots(train_set, training.shots)
+    train_set = sample_few_shot(train_set, training.shots, training.seed)
     test = test_set(data)
-    base_new = split_base_new(train_set.class_names) if training.protocol == "base_to_new" else None
-    if base_new is not None:
+    base_new = None
+    if training.protocol == "base_to_new":
+        check_same_classes(train_set, test)
+        base_new = split_base_new(train_set)
         train_set = subset_classes(train_set, base_new[0])
+    short = short_classes(train_set, training.shots)
+    if short:
+        logger.warning(f"Classes with fewer than {training.shots} images, trained on all they have: {short}")
     train_set = train_set.with_decoding(data.resolved_decoding())
     check_images_readable(train_set)
     repo_id = None
@@ -113,7 +128,8 @@ def _train_and_evaluate(
         say(f"Hub repository: {repo_id}")
     model, processor = load_model(model_args, say)
     classes = len(train_set.class_names)
-    say(f"{data.data}: {len(train_set)} training images ({training.shots} shots x {classes} classes)")
+    kept_whole = f"; {len(short)} with fewer, kept whole" if short else ""
+    say(f"{data.data}: {len(train_set)} training images ({training.shots} shots x {classes} classes{kept_whole})")
 
     if training.precision == "fp16_reference":
         to_reference_fp16(model)  # before the zero-shot evaluation, so that both accuracies use the same weights
@@ -155,6 +171,10 @@ def _train_and_evaluate(
         "train_classes": train_set.class_names,  # under base-to-new, the base classes only
         "num_processes": accelerator.num_processes,
         "training_arguments": training.run_identity(),
+        # What the draw gave: `shots` per class but for the short classes, kept whole (as Dassl keeps them).
+        "train_images": len(train_set),
+        "short_classes": short,
+        "base_new_classes": None if base_new is None else dict(zip(("base", "new"), base_new, strict=True)),
         "skip_config": config.method_settings(),
         "zero_shot": zero_shot,
         "tuned": tuned,
@@ -200,7 +220,7 @@ def evaluate_saved(model_args: ModelArguments, data: DataArguments, eval_args: E
     model.to(accelerator.device)
     transform = ImageTransform.from_processor(processor, train=False)
     test = test_set(data)
-    base_new = split_base_new(test.class_names) if eval_args.protocol == "base_to_new" else None
+    base_new = split_base_new(test) if eval_args.protocol == "base_to_new" else None
     result = evaluate_protocol(
         model,
         processor.tokenizer,

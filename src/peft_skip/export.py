@@ -87,7 +87,7 @@ def export_lora(model: PeftModel, output_dir: str, rank: int) -> dict:
         raise ValueError("The adapter is merged into the model: `model.unmerge_adapter()` first, then export it.")
     weights, ranks, exact, kept, total = {}, {}, [], 0.0, 0.0
     for name, layer in layers.items():
-        delta, key = layer.delta(adapter), f"base_model.model.{name}"
+        delta, key = layer.get_delta_weight(adapter), f"base_model.model.{name}"
         # peft cannot merge a LoRA bias into a Linear without one: those (CLIP's projections) are kept exact.
         if isinstance(layer.base_layer, nn.Linear) and layer.base_layer.bias is not None:
             lora_a, lora_b, energy = low_rank_factors(delta["weight"], rank)

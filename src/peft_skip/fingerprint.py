@@ -1,13 +1,12 @@
-"""A cheap fingerprint of base weights, so deltas are never applied to weights they were not trained on."""
+"""A cheap, dtype-robust fingerprint of named weights: deltas are never applied to base weights they were not trained
+on, and an image cache is never reused for other weights. Generic: it knows no tuner names."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 import torch
-from torch import nn
-
-from .layer import PREFIX
 
 _SAMPLES_PER_TENSOR = 256
 _PROBES = 8
@@ -16,25 +15,15 @@ _PROBES = 8
 _TOLERANCE = 2e-2
 
 
-def _base_parameters(model: nn.Module, adapter_prefix: str) -> list[tuple[str, torch.Tensor]]:
-    """Parameters of the base model under their original names (tuner wrappers and deltas stripped)."""
-    params = []
-    for name, param in model.named_parameters():
-        if adapter_prefix in name:
-            continue
-        params.append((name.replace(".base_layer.", "."), param))
-    return sorted(params, key=lambda item: item[0])
-
-
 @torch.no_grad()
-def fingerprint(model: nn.Module, adapter_prefix: str = PREFIX) -> dict:
-    """Fingerprint of a model's base weights.
+def fingerprint(parameters: Iterable[tuple[str, torch.Tensor]]) -> dict:
+    """Fingerprint of named weights (e.g. `model.named_parameters()`; the tuner gives its base weights' names).
 
     Returns:
-        `dict`: `structure` (sha256 of the parameter names and shapes) and `probe` (a few random projections of a
-        strided sample of every parameter; robust to the storage dtype).
+        `dict`: `structure` (sha256 of the names and shapes) and `probe` (a few random projections of a strided
+        sample of every tensor, in name order; robust to the storage dtype).
     """
-    params = _base_parameters(model, adapter_prefix)
+    params = sorted(parameters, key=lambda item: item[0])
     structure = hashlib.sha256()
     samples = []
     for name, param in params:

@@ -25,6 +25,12 @@ def parameter_name(key: str) -> str:
     return key.replace("-", ".")
 
 
+def base_parameters(model: nn.Module, prefix: str = PREFIX) -> list[tuple[str, torch.Tensor]]:
+    """The base model's parameters under their original names: the adapters' copies left out, `base_layer` unwrapped
+    (what `fingerprint.fingerprint` identifies the base weights by)."""
+    return [(n.replace(".base_layer.", "."), p) for n, p in model.named_parameters() if prefix not in n]
+
+
 class SkipLayer(nn.Module, BaseTunerLayer):
     """Wraps a module of a deep layer; each adapter trains its own copy `W` of the module's parameters `W0`.
 

@@ -12,7 +12,7 @@ from torch import nn
 from .adapter_files import check_deltas_fit
 from .config import SkipConfig
 from .fingerprint import fingerprint, fingerprint_mismatch
-from .layer import DELTA, PREFIX, TUNED, SkipLayer, parameter_name
+from .layer import DELTA, PREFIX, TUNED, SkipLayer, base_parameters, parameter_name
 from .loading import refuse_direct_injection
 from .towers import get_towers
 
@@ -61,7 +61,7 @@ class SkipModel(BaseTuner):
 
     def _check_adapter(self, model: nn.Module, config: SkipConfig, adapter_name: str) -> None:
         # Every check runs before the first module is replaced, so a refused adapter leaves the model untouched.
-        actual = fingerprint(model, self.prefix)
+        actual = fingerprint(base_parameters(model, self.prefix))
         if config.base_model_fingerprint is None:
             config.base_model_fingerprint = actual
         else:

@@ -25,9 +25,9 @@ from typing import Literal
 import torch
 
 from .config import SkipConfig
-from .data import ImageTransform
+from .data import ImageTransform, check_shots, short_classes, split_base_new, subset_classes
 from .data.coop import COOP_DATASETS, coop_folder, load_coop_dataset
-from .data.coop_fewshot import base_new_classes, coop_few_shot, subsample_classes
+from .data.coop_fewshot import coop_few_shot
 from .data.coop_splits import dataset_folder
 from .evaluation import evaluate_protocol, tokenize_classes
 from .offline import has_random_weights
@@ -75,7 +75,7 @@ class BenchmarkArguments:
         "Comma-separated dataset names; default: the protocol's (the 11 training datasets; for cross_dataset and "
         "domain_generalization the targets, ImageNet being always tested as the source).",
     )
-    seeds: str = _arg("1,2,3", "Comma-separated seeds; each (dataset, seed) is one cell.")
+    seeds: str | None = _arg(None, "Comma-separated seeds, a cell per (dataset, seed) (default: the recipe's).")
     shots: int = _arg(16, "Training images per class (the paper: 16; few-shot also 1, 2, 4, 8).")
     num_train_epochs: int | None = _arg(None, "Epochs of every cell (default: the reference recipe's).", "--epochs")
     learning_rate: float | None = _arg(None, "Peak learning rate (default: the reference recipe's).", "--lr")
@@ -83,7 +83,9 @@ class BenchmarkArguments:
         None, "fp16_reference (the paper's) or fp32; default: fp16_reference where CUDA is present, else fp32."
     )
     mixed_precision: Literal["no", "bf16", "fp16"] = _arg("no", "bf16 (CPU or GPU) or fp16 (GPU) autocast.")
-    per_device_eval_batch_size: int = _arg(100, "Images per forward pass when evaluating.", "--eval-batch-size")
+    per_device_eval_batch_size: int | None = _arg(
+        None, "Images per forward pass when evaluating (default: the recipe's, 100).", "--eval-batch-size"
+    )
     disable_tqdm: bool = _arg(False, "No progress bars (the one line per cell stays).", "--no-progress")
 
     def __post_init__(self) -> None:
@@ -108,7 +110,8 @@ class BenchmarkArguments:
         return list(dict.fromkeys(name.strip() for name in self.datasets.split(",") if name.strip()))
 
     def seed_list(self) -> list[int]:
-        return list(dict.fromkeys(int(seed) for seed in self.seeds.split(",") if seed.strip()))
+        seeds = self.seeds.split(",") if self.seeds is not None else reference_recipe(self.protocol).seeds
+        return list(dict.fromkeys(int(seed) for seed in seeds if str(seed).strip()))
 
 
 @dataclass(frozen=True)
@@ -195,16 +198,17 @@ def _load_results(args: BenchmarkArguments, settings: dict) -> dict:
 
 
 def _train(args: BenchmarkArguments, method: dict, dataset: str, seed: int, accelerator):
-    """Trains (or resumes) the model of `dataset` and `seed`; returns it, its processor and the base/new classes."""
+    """Trains (or resumes) the model of `dataset` and `seed`; returns it, its processor, the base/new classes, the
+    training result and the short classes (kept whole with fewer than `shots` images)."""
     from peft import get_peft_model
     from transformers import AutoModel, AutoProcessor
 
     recipe = reference_recipe(args.protocol, dataset)
     directory = os.path.join(args.output_dir, dataset)
     train, _ = coop_few_shot(dataset, args.data_root, args.shots, seed, directory)
-    base_new = base_new_classes(train.labels) if recipe.train_classes == "base" else None
+    base_new = split_base_new(train) if recipe.train_classes == "base" else None
     if base_new is not None:
-        (train,) = subsample_classes(train, subsample="base")
+        train = subset_classes(train, base_new[0])
     train = train.with_decoding(recipe.image_decoding)
     processor = AutoProcessor.from_pretrained(args.model)
     model = get_peft_model(AutoModel.from_pretrained(args.model).eval(), SkipConfig(**method))
@@ -212,16 +216,15 @@ def _train(args: BenchmarkArguments, method: dict, dataset: str, seed: int, acce
     training = cell_training_arguments(args, dataset, seed, os.path.join(directory, f"seed{seed}"))
     transform = ImageTransform.from_processor(processor, train=True, scale=(training.crop_min_area, 1.0))
     result = SkipTrainer(model, training, train, prompts, transform, accelerator=accelerator).train()
-    return model, processor, base_new, result
+    return model, processor, base_new, result, short_classes(train, args.shots)
 
 
 def _evaluate(args: BenchmarkArguments, model, processor, cell: Cell, base_new) -> dict:
     recipe = reference_recipe(args.protocol, cell.dataset)
     test = load_coop_dataset(cell.dataset, args.data_root, "test").with_decoding(recipe.image_decoding)
-    template = recipe.template
     transform = ImageTransform.from_processor(processor, train=False)
-    tokenizer, batch_size = processor.tokenizer, args.per_device_eval_batch_size
-    result = evaluate_protocol(model, tokenizer, test, transform, template, base_new, batch_size)
+    tokenizer, batch_size = processor.tokenizer, args.per_device_eval_batch_size or recipe.test_batch_size
+    result = evaluate_protocol(model, tokenizer, test, transform, recipe.template, base_new, batch_size)
     if base_new is None:
         return {"accuracy": 100 * result["accuracy"], "num_images": result["num_images"]}
     return {
@@ -249,6 +252,8 @@ def run_benchmark(args: BenchmarkArguments, method: dict) -> dict:
     cells = plan_cells(args)
     for name in dict.fromkeys(n for cell in cells for n in (cell.dataset, cell.train_dataset)):
         dataset_folder(args.data_root, coop_folder(name))  # missing data fails before any training
+    for name in dict.fromkeys(cell.train_dataset for cell in cells):
+        check_shots(load_coop_dataset(name, args.data_root, "train"), args.shots)  # so do shots it cannot give
     settings = {
         "model": args.model,
         "shots": args.shots,
@@ -277,7 +282,7 @@ def run_benchmark(args: BenchmarkArguments, method: dict) -> dict:
         started = time.perf_counter()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        model, processor, base_new, trained = _train(args, method, train_dataset, seed, accelerator)
+        model, processor, base_new, trained, short = _train(args, method, train_dataset, seed, accelerator)
         if has_random_weights(model.get_base_model()) and not results.get("random_weights"):
             results["random_weights"] = True
             say(f"NOTE: {args.model} has RANDOM weights: the accuracies below check the mechanics, nothing more.")
@@ -290,6 +295,7 @@ def run_benchmark(args: BenchmarkArguments, method: dict) -> dict:
                 "train_seconds": trained.train_seconds if cell is todo[0] else 0.0,
                 "resumed_from_epoch": trained.resumed_from_epoch,
                 "epochs": len(trained.history) + trained.resumed_from_epoch,
+                "short_classes": short,
                 "peak_memory_mb": memory,
                 "memory_measure": measure,
                 "num_processes": accelerator.num_processes,

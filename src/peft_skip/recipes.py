@@ -57,6 +57,13 @@ DASSL_NAMES = {
 QUARTER_EPOCH_DATASETS = ("imagenet", "sun397", "food101")
 
 
+def dassl_cosine(epoch: int, warmup_epochs: int, epochs: int) -> float:
+    """Factor of the peak learning rate during 0-based `epoch` >= `warmup_epochs` under Dassl's schedule: the cosine
+    restarts at the peak after the warm-up and decays over `epochs` epochs (`WARMUP_RECOUNT`), so the last epoch
+    stays above zero. The one definition: `Recipe.lr_at_epoch` and the trainer's scheduler (`schedule.lr_lambda`)."""
+    return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / epochs))
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How the reference trains and evaluates one dataset under one protocol.
@@ -156,7 +163,7 @@ class Recipe:
         if epoch < self.warmup_epochs:
             return self.warmup_lr
         peak = self.text_lr if tower == "text" else self.vision_lr
-        return peak * 0.5 * (1 + math.cos(math.pi * (epoch - self.warmup_epochs) / self.epochs))
+        return peak * dassl_cosine(epoch, self.warmup_epochs, self.epochs)
 
     def sampler_for(self, shots: int) -> str:
         """The reference's batch sampler for a `shots`-shot training set (`SkipTuning.before_train`)."""

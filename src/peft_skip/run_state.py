@@ -1,7 +1,8 @@
 """A run's state on disk: per-epoch checkpoints, resuming from them, and publishing files atomically.
 
 A checkpoint is a directory `checkpoints/epoch-NNNN` holding the adapter (deltas) and `trainer_state.pt` (optimiser,
-scheduler, random number generators, and the run's identity), written whole under a temporary name and then renamed.
+scheduler and the run's identity), written whole under a temporary name and then renamed. No random state is saved:
+every draw of a run is seeded by (seed, epoch, ...) keys, so an epoch draws the same numbers whether resumed or not.
 Only plain tensors and numbers are saved, so loading needs no pickle (`torch.load(weights_only=True)`).
 
 One run at a time writes to an output directory (`claim_output_dir`); a new run into a used one first removes the
@@ -15,12 +16,10 @@ import hashlib
 import json
 import logging
 import os
-import random
 import shutil
 import tempfile
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 from peft.utils import load_peft_weights, set_peft_model_state_dict
 from torch import nn
@@ -97,7 +96,8 @@ def run_identity(args, config, train_set, prompts: dict[str, torch.Tensor]) -> d
             (`train_set.fingerprint()`).
         prompts (`dict[str, torch.Tensor]`): The tokenised prompts (template and class names).
     """
-    data = train_set.fingerprint() if hasattr(train_set, "fingerprint") else len(train_set)
+    # No fingerprint: `SkipTrainer` refuses to resume such a run, so its identity needs none.
+    data = train_set.fingerprint() if hasattr(train_set, "fingerprint") else None
     digest = hashlib.sha256()
     for name in sorted(prompts):
         digest.update(name.encode() + prompts[name].cpu().to(torch.int64).numpy().tobytes())
@@ -139,7 +139,6 @@ def save_checkpoint(
         "identity": identity,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "rng": _rng_state(),
     }
     try:
         model.save_pretrained(tmp)
@@ -177,7 +176,6 @@ def load_checkpoint(
     set_peft_model_state_dict(model, load_peft_weights(path, device=str(device)))
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    _restore_rng(state["rng"])
     return state["epoch"]
 
 
@@ -230,22 +228,6 @@ def finish_interrupted_publish(directory: str) -> None:
     if belongs:
         os.replace(staged, os.path.join(directory, CONFIG_NAME))
         _fsync(directory)
-
-
-def _rng_state() -> dict:
-    numpy_rng = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": (torch.from_numpy(numpy_rng[1].astype(np.int64)), *numpy_rng[2:]),
-        "python": random.getstate(),
-    }
-
-
-def _restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    keys, *position = state["numpy"]
-    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), *position))
-    random.setstate(state["python"])
 
 
 def _fsync(path: str) -> None:

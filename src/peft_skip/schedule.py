@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .recipes import dassl_cosine
 from .towers import get_towers
 from .training_args import SkipTrainingArguments
 
@@ -32,7 +33,15 @@ def make_optimizer(model: nn.Module, args: SkipTrainingArguments) -> torch.optim
     ]
     groups = [group for group in groups if group["params"]]
     if args.optim == "sgd":
-        return torch.optim.SGD(groups, lr=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay)
+        recipe = args.recipe()
+        return torch.optim.SGD(
+            groups,
+            lr=args.learning_rate,
+            momentum=args.momentum,
+            weight_decay=args.weight_decay,
+            nesterov=recipe.nesterov,
+            dampening=recipe.dampening,
+        )
     return torch.optim.AdamW(groups, lr=args.learning_rate, weight_decay=args.weight_decay)
 
 
@@ -41,9 +50,9 @@ def lr_lambda(args: SkipTrainingArguments, peak_lr: float, steps_per_epoch: int 
 
     `dassl_cosine` (`t` counts epochs, the scheduler is stepped once per epoch): `warmup_epochs` epochs at
     `warmup_lr`, then the cosine restarts at `peak_lr` and decays over `num_train_epochs` epochs, as Dassl's
-    `ConstantWarmupScheduler` around `CosineAnnealingLR` does (`Recipe.lr_at_epoch`). `cosine_per_step` (`t` counts
-    optimiser steps, `steps_per_epoch` per epoch): warm-up, then a cosine over all steps, warm-up included, that goes
-    on where it would be.
+    `ConstantWarmupScheduler` around `CosineAnnealingLR` does (`recipes.dassl_cosine`, also `Recipe.lr_at_epoch`'s).
+    `cosine_per_step` (`t` counts optimiser steps, `steps_per_epoch` per epoch): warm-up, then a cosine over all
+    steps, warm-up included, that goes on where it would be.
     """
     warmup = args.warmup_lr / peak_lr if args.warmup_epochs else 1.0
     if args.lr_scheduler_type == "dassl_cosine":
@@ -51,7 +60,7 @@ def lr_lambda(args: SkipTrainingArguments, peak_lr: float, steps_per_epoch: int 
         def per_epoch(epoch: int) -> float:
             if epoch < args.warmup_epochs:
                 return warmup
-            return 0.5 * (1.0 + math.cos(math.pi * (epoch - args.warmup_epochs) / args.num_train_epochs))
+            return dassl_cosine(epoch, args.warmup_epochs, args.num_train_epochs)
 
         return per_epoch
     total = args.num_train_epochs * steps_per_epoch

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .batches import check_batches, class_batches, uses_class_batches
 from .cache import ImageCache
 from .config import SkipConfig
-from .data.augmented import AugmentedImages, describe_transform, seeded_generator
+from .data.augmented import AugmentedImages, seeded_generator
 from .loss import SkipTuningStep
 from .offload import FrozenOffload, idle_parameters
 from .precision import COMPUTE_DTYPES, to_reference_fp16
@@ -125,6 +125,16 @@ class SkipTrainer:
         self.compute_dtype = COMPUTE_DTYPES[args.precision]
         self.per_class = uses_class_batches(args, self.labels)
         check_batches(self.labels, train_set.class_names, args, self.per_class)
+        self._check_identifiable(args.resume_from_checkpoint)
+
+    def _check_identifiable(self, resume: bool) -> None:
+        """Refuses to resume or to use a cache directory without a data fingerprint, which tells data sets apart."""
+        if hasattr(self.train_set, "fingerprint") or not (resume or self.args.cache_dir):
+            return
+        raise ValueError(
+            f"The training set ({type(self.train_set).__name__}) has no fingerprint(), so it cannot resume or use "
+            "cache_dir: wrap it in a peft_skip.data.ImageDataset, or drop --resume and --cache-dir."
+        )
 
     def check_resume(self) -> None:
         """Raises if the latest checkpoint in `output_dir` is damaged or of another run (naming what differs); for
@@ -149,6 +159,7 @@ class SkipTrainer:
         args, accelerator = self.args, self.accelerator
         if resume_from_checkpoint is None:
             resume_from_checkpoint = args.resume_from_checkpoint
+        self._check_identifiable(resume_from_checkpoint)
         torch.manual_seed(args.seed)
         if args.precision == "fp16_reference":
             to_reference_fp16(self.model)
@@ -187,6 +198,8 @@ class SkipTrainer:
         started = time.perf_counter()
         for epoch in range(result.resumed_from_epoch, args.num_train_epochs):
             epoch_start, cache_seconds = time.perf_counter(), 0.0
+            # Whatever draws from torch's global generator (a model's dropout) draws the same in a resumed epoch.
+            torch.manual_seed(seeded_generator(args.seed, epoch, accelerator.process_index).initial_seed())
             if args.cache_mode == "paper" or cache is None:
                 cache = self._image_cache(epoch if args.cache_mode == "paper" else -1)
                 cache_seconds = time.perf_counter() - epoch_start
@@ -290,7 +303,6 @@ class SkipTrainer:
         views = 1 if args.cache_mode == "paper" else args.views
 
         images = AugmentedImages(self.train_set, self.transform, args.seed, key)
-        data = self.train_set.fingerprint() if hasattr(self.train_set, "fingerprint") else len(self.train_set)
         return ImageCache.build(
             self.towers.vision,
             images,
@@ -299,13 +311,7 @@ class SkipTrainer:
             views=views,
             dtype=getattr(torch, args.cache_dtype),
             cache_dir=args.cache_dir,
-            fingerprint={
-                "data": data,
-                "augmentation": describe_transform(self.transform),
-                # "per view": each view has its own augmentation (earlier versions repeated the first).
-                "seed": {"seed": args.seed, "per view": True},
-                "pass": key,
-            },
+            fingerprint=images.fingerprint(),
             indices=torch.arange(state.process_index, len(self.train_set), state.num_processes),
             progress=not args.disable_tqdm and self.accelerator.is_local_main_process,
             num_workers=args.dataloader_num_workers,

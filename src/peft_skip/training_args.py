@@ -78,8 +78,8 @@ class SkipTrainingArguments:
         None, "Global batch size, split across processes under `accelerate launch` (default: the recipe's, 4)."
     )
     gradient_accumulation_steps: int = _arg(1, "Batches per optimiser step; an epoch's last step may take fewer.")
-    optim: Literal["sgd", "adamw_torch"] = _arg(
-        "sgd", "sgd: the paper's (momentum below); adamw_torch.", "--optimizer"
+    optim: Literal["sgd", "adamw_torch"] | None = _arg(
+        None, "sgd (the recipe's, with the momentum below) or adamw_torch.", "--optimizer"
     )
     momentum: float | None = _arg(None, "SGD momentum (default: the recipe's, 0.9).")
     weight_decay: float | None = _arg(
@@ -102,10 +102,10 @@ class SkipTrainingArguments:
         "views once and train epoch e on view e %% views.",
     )
     views: int = _arg(4, "Augmented views of cache_mode 'views'.")
-    crop_min_area: float = _arg(
-        0.08,
-        "Smallest area of the training augmentation's random resized crop, as a fraction of the image (the "
-        "reference's 0.08); 1 keeps whole images (flips only), for images whose size or position is what classifies.",
+    crop_min_area: float | None = _arg(
+        None,
+        "Smallest area of the training augmentation's random resized crop, as a fraction of the image (default: "
+        "the recipe's, 0.08); 1 keeps whole images (flips only), for images whose size or position classifies.",
     )
     cache_dtype: StorageDtype | None = _arg(
         None,
@@ -219,6 +219,7 @@ class SkipTrainingArguments:
 
     def _resolve(self, recipe: Recipe) -> None:
         """Sets every field left `None` from `recipe`."""
+        self.optim = recipe.optimizer if self.optim is None else self.optim  # the precision's default depends on it
         if self.vision_learning_rate is None:
             given = self.learning_rate is not None
             self.vision_learning_rate = (
@@ -241,6 +242,7 @@ class SkipTrainingArguments:
             "momentum": recipe.momentum,
             "weight_decay": recipe.weight_decay,
             "dataloader_drop_last": recipe.drop_last,
+            "crop_min_area": recipe.crop_scale[0],
         }
         for name, value in from_recipe.items():
             if getattr(self, name) is None:

@@ -12,15 +12,9 @@ from coop_miniature import write_coop_miniature
 
 from peft_skip.data import ImageDataset, coop_fewshot
 from peft_skip.data.coop import COOP_DATASETS, coop_folder, coop_splits, load_coop_dataset
-from peft_skip.data.coop_fewshot import (
-    base_new_classes,
-    coop_few_shot,
-    dassl_few_shot_indices,
-    few_shot_file,
-    sample_few_shot,
-    subsample_classes,
-)
+from peft_skip.data.coop_fewshot import coop_few_shot, few_shot_file, sample_train_val
 from peft_skip.data.coop_splits import clean_class_name
+from peft_skip.data.splits import few_shot_indices, split_base_new, subset_classes
 from peft_skip.recipes import REFERENCE_DATASETS
 
 DOCS = "docs/reproducing.md#datasets"
@@ -151,13 +145,13 @@ def test_few_shot_indices_hand_worked():
     labels = [0, 0, 0, 1, 1, 1, 1, 2, 2]
     # random.Random(1): sample([0, 1, 2], 2) -> [0, 2]; sample([3, 4, 5, 6], 2) -> [5, 3]; then class 2 has exactly
     # 2 images, which Dassl still passes through random.sample (a shuffle): [8, 7].
-    assert dassl_few_shot_indices(labels, 2, random.Random(1)) == [0, 2, 5, 3, 8, 7]
+    assert few_shot_indices(labels, 2, random.Random(1)) == [0, 2, 5, 3, 8, 7]
     # Classes come in order of first appearance, as Dassl's defaultdict keeps them.
-    assert dassl_few_shot_indices([1, 0, 1, 0], 1, random.Random(0))[0] in (0, 2)
+    assert few_shot_indices([1, 0, 1, 0], 1, random.Random(0))[0] in (0, 2)
     # Fewer images than shots: Dassl keeps them all (no repeats).
-    assert dassl_few_shot_indices([0, 1, 1], 4, random.Random(5)) == [0, 1, 2]
+    assert few_shot_indices([0, 1, 1], 4, random.Random(5)) == [0, 1, 2]
     with pytest.raises(ValueError, match="at least 1"):
-        dassl_few_shot_indices(labels, 0, random.Random(0))
+        few_shot_indices(labels, 0, random.Random(0))
 
 
 def dassl_reference_draw(split_file: Path, image_dir: Path, shots: int, seed: int):
@@ -206,7 +200,7 @@ def test_few_shot_is_deterministic_per_seed_and_stored_as_json(root, tmp_path, m
     ]
     assert len(record["val"]) == 8
     # The stored selection is reused, not drawn again.
-    monkeypatch.setattr(coop_fewshot, "sample_few_shot", lambda *args: pytest.fail("sampled again"))
+    monkeypatch.setattr(coop_fewshot, "sample_train_val", lambda *args: pytest.fail("sampled again"))
     reread = coop_few_shot("oxford_pets", root, 2, 1, tmp_path / "a")
     assert reread[0].items == first[0].items and reread[1].items == first[1].items
 
@@ -242,30 +236,32 @@ def test_a_stale_few_shot_file_is_refused_in_one_line(root, tmp_path):
 
 
 def test_base_new_hand_worked():
-    assert base_new_classes([4, 0, 2, 1, 3, 3]) == ([0, 1, 2], [3, 4])  # 5 classes: ceil(5 / 2) = 3 base
-    assert base_new_classes([1, 0]) == ([0], [1])
     names = ["a", "b", "c", "d", "e"]
     train = ImageDataset(names, ["p0", "p1", "p2", "p3", "p4", "p5"], [4, 0, 2, 1, 3, 3])
+    assert split_base_new(train) == (["a", "b", "c"], ["d", "e"])  # 5 classes: ceil(5 / 2) = 3 base
+    assert split_base_new(ImageDataset(names[:2], ["p", "q"], [1, 0])) == (["a"], ["b"])
+    # Only the labels present count, as in Dassl: "c" has no image here.
+    assert split_base_new(ImageDataset(names, ["p", "q", "r"], [0, 1, 3])) == (["a", "b"], ["d"])
     test = ImageDataset(names, ["q0", "q1", "q2"], [3, 2, 4])
-    base_train, base_test = subsample_classes(train, test, subsample="base")
+    base, new = split_base_new(train)
+    base_train, base_test = subset_classes(train, base), subset_classes(test, base)
     assert base_train.class_names == ["a", "b", "c"] and base_train.items == ["p1", "p2", "p3"]
     assert base_train.labels == [0, 2, 1] and (base_test.items, base_test.labels) == (["q1"], [2])
-    new_train, new_test = subsample_classes(train, test, subsample="new")
+    new_train, new_test = subset_classes(train, new), subset_classes(test, new)
     assert new_train.class_names == ["d", "e"] and new_train.labels == [1, 0, 0]
     assert (new_test.items, new_test.labels) == (["q0", "q2"], [0, 1])
-    assert subsample_classes(train, test, subsample="all") == (train, test)
-    with pytest.raises(ValueError, match="'all', 'base' or 'new'"):
-        subsample_classes(train, subsample="half")
     with pytest.raises(ValueError, match="at least 2 classes"):
-        base_new_classes([0, 0])
+        split_base_new(ImageDataset(names, ["p", "q"], [0, 0]))
 
 
 def test_base_new_after_few_shot_as_in_coop(root):
     train = load_coop_dataset("eurosat", root, "train")
     test = load_coop_dataset("eurosat", root, "test")
-    few_train, _ = sample_few_shot(train, None, 2, 1)
-    base_train, base_test = subsample_classes(few_train, test, subsample="base")
-    new_train, new_test = subsample_classes(few_train, test, subsample="new")
+    few_train, _ = sample_train_val(train, None, 2, 1)
+    base, new = split_base_new(few_train)
+    base_train, base_test = subset_classes(few_train, base), subset_classes(test, base)
+    new_train, new_test = subset_classes(few_train, new), subset_classes(test, new)
+    assert new_train.class_names == new_test.class_names
     assert base_train.class_names == ["Annual Crop Land", "Forest"]
     assert new_test.class_names == ["Herbaceous Vegetation Land", "Highway or Road"]
     assert base_test.labels == [0, 0, 1, 1] and new_test.labels == [0, 0, 1, 1]

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+import random
+from pathlib import Path
+
 import evaluate
 import pytest
 
+from peft_skip.evaluation import harmonic_mean
 from peft_skip.metrics import base_new_accuracy_path
 
 
@@ -39,3 +44,24 @@ def test_errors_say_what_is_missing(metric):
         metric.compute(predictions=[0, 1], references=[0, 1], is_base=[True, True])
     with pytest.raises(ValueError, match="give one per prediction"):
         metric.compute(predictions=[0, 1], references=[0, 1], is_base=[True])
+
+
+def test_the_metric_and_the_package_compute_the_same_harmonic_mean(metric):
+    rng = random.Random(0)
+    for _ in range(20):
+        n = rng.randint(2, 12)
+        references = [rng.randrange(4) for _ in range(n)]
+        predictions = [r if rng.random() < rng.random() else rng.randrange(4) for r in references]
+        is_base = [True, False] + [rng.random() < 0.5 for _ in range(n - 2)]
+        result = metric.compute(predictions=predictions, references=references, is_base=is_base)
+        assert result["harmonic_mean"] == harmonic_mean(result["base_accuracy"], result["new_accuracy"])
+    assert harmonic_mean(0.0, 0.0) == 0.0
+
+
+def test_the_metric_module_is_self_contained():
+    """`evaluate.load` imports the file from its own cache: it must not import the package."""
+    source = Path(base_new_accuracy_path(), "base_new_accuracy.py").read_text()
+    nodes = list(ast.walk(ast.parse(source)))
+    imported = {alias.name for node in nodes if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in nodes if isinstance(node, ast.ImportFrom)}
+    assert imported == {"datasets", "evaluate"}

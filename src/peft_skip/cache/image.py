@@ -187,7 +187,7 @@ class ImageCache:
             fingerprint (`dict`, *optional*): JSON-serialisable description of the images: the data set, the
                 augmentation of every view, and its seed if the views are to differ between builds (e.g. the epoch
                 when rebuilding every epoch). The base weights, `skip_layers`, `views`, `dtype` and the indices are
-                added here.
+                added here (the weights: those of the embeddings and the shallow layers, all the states depend on).
             batch_size (`int`): Images per forward pass.
             indices (`Sequence[int]` or `torch.Tensor`, *optional*): Build only these images (a shard).
             progress (`bool`): Show a progress bar.
@@ -206,8 +206,13 @@ class ImageCache:
         if indices.numel() == 0 or indices[0] < 0 or indices[-1] >= num_images:
             raise ValueError(f"indices must be non-empty and lie in [0, {num_images}).")
         model_dtype = next(tower.model.parameters()).dtype
+        shallow = tower.shallow_module_paths(skip_layers)  # all the states depend on, frozen and never wrapped
         key = {
-            "weights": weights_fingerprint(tower.model),
+            "weights": weights_fingerprint(
+                (f"{path}.{name}", param)
+                for path in shallow
+                for name, param in tower.model.get_submodule(path).named_parameters()
+            ),
             "tower": tower.name,
             "model_dtype": str(model_dtype),
             "skip_layers": skip_layers,

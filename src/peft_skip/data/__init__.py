@@ -8,7 +8,7 @@ array / HF dataset) and integer labels. Images are decoded lazily and always com
 | `dataset.py` | `ImageDataset` and decoding any image to RGB |
 | `loaders.py` | image folders, Hugging Face `datasets`, Parquet / CSV / JSON files, the CLI's `--data` spec |
 | `builtin.py` | the offline datasets: Fashion-MNIST (IDX files) and scikit-learn's digits |
-| `splits.py` | k-shot sampling, base/new class split, class subsets |
+| `splits.py` | the few-shot draw (Dassl's), the base/new class split, class subsets by name |
 | `prompts.py` | prompt templates and prompts from class names |
 | `transforms.py` | preprocessing and augmentation into `(3, S, S)` tensors |
 | `workers.py` | reading and transforming images in worker processes, in order (`ordered_map`) |
@@ -26,7 +26,7 @@ from .loaders import (
     load_image_folder,
 )
 from .prompts import TEMPLATES, build_prompts
-from .splits import sample_few_shot, split_base_new, subset_classes
+from .splits import check_shots, sample_few_shot, short_classes, split_base_new, subset_classes
 from .transforms import ImageTransform
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "ImageSource",
     "ImageTransform",
     "build_prompts",
+    "check_shots",
     "from_hf_dataset",
     "is_table_spec",
     "load_data_file",
@@ -49,6 +50,7 @@ __all__ = [
     "load_image_folder",
     "read_image",
     "sample_few_shot",
+    "short_classes",
     "split_base_new",
     "subset_classes",
     "to_rgb",

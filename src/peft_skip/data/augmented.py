@@ -27,6 +27,19 @@ class AugmentedImages:
     def __init__(self, train_set, transform: Callable, seed: int, key: int) -> None:
         self.train_set, self.transform, self.seed, self.key = train_set, transform, seed, key
 
+    def fingerprint(self) -> dict:
+        """What the pixels of this pass are computed from, for the image cache's key (`ImageCache.build` adds what
+        the states are computed with): the data set's fingerprint (`None` for a data set without one, whose cache
+        cannot be shared), the augmentation, the seed and the pass."""
+        data = self.train_set.fingerprint() if hasattr(self.train_set, "fingerprint") else None
+        return {
+            "data": data,
+            "augmentation": describe_transform(self.transform),
+            # "per view": each view has its own augmentation (earlier versions repeated the first).
+            "seed": {"seed": self.seed, "per view": True},
+            "pass": self.key,
+        }
+
     def __call__(self, view: int, indices: torch.Tensor) -> torch.Tensor:
         return torch.stack(
             [

@@ -1,9 +1,8 @@
-"""Few-shot sets and base / new classes exactly as Dassl makes them for CoOp-layout datasets.
+"""Few-shot sets of CoOp-layout datasets exactly as Dassl makes them, stored and reused per (shots, seed).
 
-Dassl (`DatasetBase.generate_fewshot_dataset`) seeds Python's `random` with the run's seed and, class by class in order
-of first appearance, keeps `random.sample(images, k)` (all images of a class that has fewer than k); the validation
-set then gets min(k, 4) per class from the same random stream (ImageNet's val is its test set and is not sampled).
-`random.Random(seed)` gives the same stream, so on the same split file the same images are chosen.
+The draw is `splits.few_shot_indices` (Dassl's `DatasetBase.generate_fewshot_dataset`, the one `peft-skip train`
+uses); the validation set then gets min(k, 4) per class from the same random stream (ImageNet's val is its test set
+and is not sampled). `random.Random(seed)` gives Dassl's stream, so on the same split file the same images are chosen.
 
 The chosen images are stored as JSON (`split_fewshot/shot_{k}-seed_{s}.json`, never a pickle) and reused, as CoOp
 reuses its pickles, so every run of a seed trains on the same images.
@@ -12,42 +11,28 @@ reuses its pickles, so every run of a seed trains on the same images.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
-from collections.abc import Sequence
 from pathlib import Path
 
 from .coop import load_coop_dataset
 from .coop_splits import data_error
 from .dataset import ImageDataset
+from .splits import few_shot_indices
 
 FORMAT = "peft-skip/few-shot-v1"
 # Datasets whose val split is their test set; Dassl samples only their train split.
 UNSAMPLED_VAL = ("imagenet",)
 
 
-def dassl_few_shot_indices(labels: Sequence[int], shots: int, rng: random.Random) -> list[int]:
-    """Indices of `shots` items per class, in Dassl's order: classes by first appearance, items as sampled."""
-    if shots < 1:
-        raise ValueError(f"shots must be at least 1, got {shots}.")
-    by_class: dict[int, list[int]] = {}
-    for index, label in enumerate(labels):
-        by_class.setdefault(label, []).append(index)
-    chosen = []
-    for members in by_class.values():
-        # Dassl keeps every image of a class with fewer than `shots` (no repeats): a silent short class.
-        chosen += rng.sample(members, shots) if len(members) >= shots else members
-    return chosen
-
-
-def sample_few_shot(
+def sample_train_val(
     train: ImageDataset, val: ImageDataset | None, shots: int, seed: int
 ) -> tuple[ImageDataset, ImageDataset | None]:
-    """`shots` training images per class and min(`shots`, 4) validation images per class (`val` None: not sampled)."""
+    """`shots` training images per class, then min(`shots`, 4) validation images per class from the same stream
+    (`val` None: not sampled); the training draw is `splits.sample_few_shot`'s."""
     rng = random.Random(seed)
-    train_few = train.subset(dassl_few_shot_indices(train.labels, shots, rng))
-    val_few = None if val is None else val.subset(dassl_few_shot_indices(val.labels, min(shots, 4), rng))
+    train_few = train.subset(few_shot_indices(train.labels, shots, rng))
+    val_few = None if val is None else val.subset(few_shot_indices(val.labels, min(shots, 4), rng))
     return train_few, val_few
 
 
@@ -136,34 +121,6 @@ def coop_few_shot(
     if path.exists():
         train_few, val_few = load_few_shot(path, train, sampled_val, root, **meta)
     else:
-        train_few, val_few = sample_few_shot(train, sampled_val, shots, seed)
+        train_few, val_few = sample_train_val(train, sampled_val, shots, seed)
         save_few_shot(path, train_few, val_few, root, **meta)
     return train_few, val if val_few is None else val_few
-
-
-def base_new_classes(labels: Sequence[int]) -> tuple[list[int], list[int]]:
-    """Dassl's base / new split of the labels present: sorted, base = the first ceil(C / 2), new = the rest."""
-    present = sorted(set(int(label) for label in labels))
-    if len(present) < 2:
-        raise ValueError(f"A base/new split needs at least 2 classes, got {len(present)}.")
-    middle = math.ceil(len(present) / 2)
-    return present[:middle], present[middle:]
-
-
-def subsample_classes(*datasets: ImageDataset, subsample: str = "all") -> tuple[ImageDataset, ...]:
-    """Dassl's `subsample_classes`: keep the `"base"` or `"new"` classes (chosen on the first dataset, usually train)
-    in every dataset, relabelled from 0 in label order; `"all"` returns the datasets unchanged."""
-    if subsample not in ("all", "base", "new"):
-        raise ValueError(f"subsample must be 'all', 'base' or 'new', got {subsample!r}.")
-    if subsample == "all":
-        return datasets
-    base, new = base_new_classes(datasets[0].labels)
-    selected = base if subsample == "base" else new
-    relabel = {label: i for i, label in enumerate(selected)}
-    names = [datasets[0].class_names[label] for label in selected]
-    out = []
-    for dataset in datasets:
-        keep = [i for i, label in enumerate(dataset.labels) if label in relabel]
-        items = [dataset.items[i] for i in keep]
-        out.append(ImageDataset(list(names), items, [relabel[dataset.labels[i]] for i in keep], dataset.source))
-    return tuple(out)
