@@ -79,9 +79,6 @@ class BenchmarkArguments:
     shots: int = _arg(16, "Training images per class (the paper: 16; few-shot also 1, 2, 4, 8).")
     num_train_epochs: int | None = _arg(None, "Epochs of every cell (default: the reference recipe's).", "--epochs")
     learning_rate: float | None = _arg(None, "Peak learning rate (default: the reference recipe's).", "--lr")
-    precision: Literal["fp16_reference", "fp32"] | None = _arg(
-        None, "fp16_reference (the paper's) or fp32; default: fp16_reference where CUDA is present, else fp32."
-    )
     mixed_precision: Literal["no", "bf16", "fp16"] = _arg("no", "bf16 (CPU or GPU) or fp16 (GPU) autocast.")
     per_device_eval_batch_size: int | None = _arg(
         None, "Images per forward pass when evaluating (default: the recipe's, 100).", "--eval-batch-size"
@@ -152,7 +149,6 @@ def cell_training_arguments(
         learning_rate=args.learning_rate,
         # A run shortened with --epochs keeps at least one epoch after the warm-up.
         warmup_epochs=None if epochs is None else min(recipe.warmup_epochs, epochs - 1),
-        precision=args.precision,
         mixed_precision=args.mixed_precision,
         seed=seed,
         resume_from_checkpoint=True,
@@ -259,7 +255,6 @@ def run_benchmark(args: BenchmarkArguments, method: dict) -> dict:
         "shots": args.shots,
         "num_train_epochs": args.num_train_epochs,
         "learning_rate": args.learning_rate,
-        "precision": args.precision,
         "mixed_precision": args.mixed_precision,
         "skip_config": method,
     }
