@@ -206,7 +206,8 @@ def test_world_suite_runs_peft_skip_train_per_task(tmp_path):
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     config = yaml.safe_load(open(os.path.join(root, "examples", "world.yaml"), encoding="utf-8"))
-    config |= {"model": os.path.join(root, config["model"]), "shots": 2, "num_train_epochs": 1, "test_limit": 20}
+    model = os.path.join(root, "examples", config["model"])  # relative to the config file
+    config |= {"model": model, "shots": 2, "num_train_epochs": 1, "test_limit": 20}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
     argv = ["--tasks", "lighting", "--base-to-new", "--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path)]
     world_few_shot.main(argv)

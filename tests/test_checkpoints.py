@@ -270,3 +270,16 @@ def test_non_finite_deltas_are_refused_before_the_model_is_touched(tmp_path):
     with pytest.raises(ValueError, match="holds non-finite values"):
         PeftModel.from_pretrained(base, tmp_path, config=SkipConfig.from_pretrained(tmp_path))
     assert _untouched(base)
+
+
+def test_pickled_weights_are_refused_at_save_time(tmp_path):
+    """`safe_serialization=False` would write a pickle that the checksum and the loader do not cover: refused, and
+    the pickle removed."""
+    model = get_peft_model(tiny_clip(), SkipConfig(skip_layers=2))
+    with pytest.raises(ValueError, match="safetensors only"):
+        model.save_pretrained(tmp_path, safe_serialization=False)
+    assert not (tmp_path / "adapter_model.bin").exists() and not (tmp_path / "adapter_config.json").exists()
+    (tmp_path / "adapter_config.json").write_text(json.dumps(SkipConfig(skip_layers=2).to_dict()))
+    (tmp_path / "adapter_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ValueError, match="holds adapter_model.bin"):
+        SkipConfig.from_pretrained(str(tmp_path))

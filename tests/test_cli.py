@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from synthetic_images import write_folder
 
 import peft_skip.experiment
@@ -70,7 +71,8 @@ def test_base_to_new_resume(tiny_model, tmp_path):
     assert metrics["history"][0]["lr"] == pytest.approx(1e-6)  # warm-up epoch
     assert metrics["history"][1]["vision_lr"] == pytest.approx(5e-6)  # the image tower's peak, a quarter of the text's
     assert metrics["training_arguments"]["learning_rate"] == 2e-5
-    assert metrics["training_arguments"]["precision"] == "fp16_reference"  # the recipe's, unless asked otherwise
+    # The recipe's float16 where CUDA is present; float32 on a CPU (unless asked otherwise).
+    assert metrics["training_arguments"]["precision"] == ("fp16_reference" if torch.cuda.is_available() else "fp32")
 
     # Resuming a finished run trains no further epoch and keeps its result.
     assert main([*args, "--resume"]) == 0
@@ -149,12 +151,13 @@ def test_data_of_the_paper_selects_its_recipe(dataset, epochs):
 
 @pytest.mark.parametrize("precision, dtype", [("fp32", "torch.float32"), ("fp16_reference", "torch.float16")])
 def test_eval_in_the_precision_of_training(tiny_model, tmp_path, monkeypatch, precision, dtype):
-    """`eval --precision fp16_reference` scores float16 weights, as `train` does with its default SGD recipe, and
-    reproduces the tuned accuracy that `train` reported."""
+    """`eval --precision fp16_reference` scores float16 weights, as `train --precision fp16_reference` (the paper's
+    recipe, selectable on a CPU too) does, and reproduces the tuned accuracy that `train` reported."""
     import peft_skip.experiment as experiment
 
     out = tmp_path / "run"
-    assert main(["train", "--model", tiny_model, *TRAIN, "--epochs", "1", "--lr", "1e-2", "--out", str(out)]) == 0
+    train = ["train", "--model", tiny_model, *TRAIN, "--epochs", "1", "--lr", "1e-2", "--precision", "fp16_reference"]
+    assert main([*train, "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["training_arguments"]["precision"] == "fp16_reference"
     seen = []
@@ -193,3 +196,53 @@ def test_training_on_a_paper_dataset_uses_its_recipe_and_the_api_warns_otherwise
     with caplog.at_level("WARNING", logger="peft_skip"):
         train_and_evaluate(ModelArguments(model=tiny_model), data, SkipConfig(skip_layers=2), training)
     assert "set recipe_dataset='eurosat' for the paper's eurosat recipe" in caplog.text
+
+
+def test_eval_of_a_base_to_new_adapter_reports_base_new_and_hm(tiny_model, tmp_path):
+    """`eval --protocol base_to_new` splits the classes as training did and reproduces train's base / new / HM."""
+    out = tmp_path / "run"
+    argv = ["train", "--model", tiny_model, *TRAIN, "--preset", "base_to_new", "--epochs", "2", "--lr", "1e-2"]
+    assert main([*argv, "--precision", "fp32", "--out", str(out)]) == 0
+    tuned = json.loads((out / "metrics.json").read_text())["tuned"]
+    common = ["eval", "--model", tiny_model, "--data", "digits", "--test-limit", "60", "--adapter", str(out)]
+    assert main([*common, "--protocol", "base_to_new", "--no-progress", "--out", str(tmp_path / "eval")]) == 0
+    result = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    assert result["protocol"] == "base_to_new"
+    assert (result["base"], result["new"], result["harmonic_mean"]) == (
+        tuned["base"],
+        tuned["new"],
+        tuned["harmonic_mean"],
+    )
+
+
+def test_a_missing_model_directory_is_said_so(capsys):
+    assert main(["eval", "--model", "./nope", "--data", "digits"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "peft-skip eval: error: --model ./nope: no such directory; give a model directory or a Hub id such as "
+        "openai/clip-vit-base-patch16."
+    )
+
+
+def test_the_main_job_runs_from_another_directory(tmp_path, monkeypatch):
+    """The README's main job (`--config examples/world.yaml`, its model named relative to the file) from another
+    working directory, shrunk; the adapter records the base by its absolute path."""
+    from peft_skip.pretrain import world_clip_path
+
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "world.yaml")
+    monkeypatch.chdir(tmp_path)
+    small = ["--shots", "1", "--epochs", "1", "--test-limit", "20", "--no-progress", "--dataloader_num_workers", "0"]
+    assert main(["train", "--config", config, *small, "--out", "run"]) == 0
+    saved = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == os.path.realpath(world_clip_path())
+
+
+def test_data_flags_and_several_templates_parse(tmp_path):
+    from peft_skip.cli import _parse
+
+    argv = ["eval", "--model", str(tmp_path), "--data", "rows.parquet", "--image_column", "file", "--label-column"]
+    argv += ["y", "--class_names", "cat,dog", "--template", "a {}.", "an {}!", "--protocol", "base_to_new"]
+    command, (_, data, evaluation) = _parse([*argv, "--no-progress"])
+    assert (data.image_column, data.label_column, data.class_name_list()) == ("file", "y", ["cat", "dog"])
+    assert data.resolved_templates() == ["a {}.", "an {}!"]
+    assert evaluation.protocol == "base_to_new" and evaluation.disable_tqdm

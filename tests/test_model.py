@@ -1,5 +1,6 @@
 import copy
 import gc
+import json
 import warnings
 
 import pytest
@@ -169,3 +170,14 @@ def test_half_precision_base_keeps_fp32_deltas():
     inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
     model(**inputs, return_loss=True).loss.backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in deltas)
+
+
+def test_a_base_from_a_relative_directory_is_recorded_by_its_absolute_path(tmp_path, monkeypatch):
+    """So that the saved adapter's config and card name a base that loads from any directory."""
+    tiny_clip().save_pretrained(tmp_path / "clip")
+    monkeypatch.chdir(tmp_path)
+    model = get_peft_model(CLIPModel.from_pretrained("./clip"), SkipConfig(skip_layers=2))
+    model.save_pretrained("adapter")
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == str(tmp_path / "clip")
+    assert str(tmp_path / "clip") in (tmp_path / "adapter" / "README.md").read_text()

@@ -187,6 +187,7 @@ def test_training_through_the_schedule_matches_the_authors_loop(tmp_path):
         learning_rate=lr,
         vision_learning_rate=vision_lr,
         warmup_lr=warmup_lr,
+        precision="fp16_reference",  # the recipe's, chosen by name (on a CPU the default is fp32)
         seed=seed,
         dataloader_num_workers=0,
         disable_tqdm=True,

@@ -145,7 +145,8 @@ def test_one_step_equals_full_finetuning(tmp_path, skip_layers, accumulation, we
     assert checked == 2 * 16 * (4 - skip_layers) + 6  # 16 tensors per layer, 6 in the heads
 
 
-def test_protocols_and_overrides(tmp_path):
+def test_protocols_and_overrides(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     args = SkipTrainingArguments(output_dir=str(tmp_path), protocol="base_to_new")
     assert (args.learning_rate, args.vision_learning_rate, args.num_train_epochs) == (2e-5, 5e-6, 20)
     assert (args.warmup_epochs, args.warmup_lr, args.lr_scheduler_type) == (1, 1e-6, "dassl_cosine")
@@ -168,6 +169,15 @@ def test_protocols_and_overrides(tmp_path):
         SkipTrainingArguments(output_dir=str(tmp_path), protocol="few_shot", recipe_dataset="sun397").num_train_epochs
         == 10
     )
+    # On a CPU float32 is the default; the paper's float16 is chosen by name. Each says so in one line.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpu = SkipTrainingArguments(output_dir=str(tmp_path))
+    assert cpu.precision == "fp32" and "default on a CPU" in cpu.precision_note()
+    assert "--precision fp16_reference" in cpu.precision_note()
+    paper = SkipTrainingArguments(output_dir=str(tmp_path), precision="fp16_reference")
+    assert paper.precision == "fp16_reference" and "as given" in paper.precision_note()
+    adam = SkipTrainingArguments(output_dir=str(tmp_path), optim="adamw_torch").precision_note()
+    assert adam.startswith("precision: fp32 (with mixed_precision='no', optim='adamw_torch')") and "sgd" in adam
     # Autocast and AdamW keep float32 weights; the reference's float16 mode refuses them.
     assert SkipTrainingArguments(output_dir=str(tmp_path), mixed_precision="bf16").precision == "fp32"
     assert SkipTrainingArguments(output_dir=str(tmp_path), optim="adamw_torch").precision == "fp32"
@@ -523,6 +533,26 @@ def test_evaluate_full_model(tmp_path):
     correct = (images @ text.T).argmax(-1) == torch.tensor(data.labels)
     assert result["accuracy"] == pytest.approx(correct.double().mean().item())
     assert result["per_class"]["class 1"] == pytest.approx(correct[4:8].double().mean().item())
+
+
+def test_evaluate_a_prompt_ensemble(capfd):
+    """T prompts per class (template by template): each class's normalised text features averaged, renormalised."""
+    data = TensorImages()
+    model = tiny_clip()
+    first, second = text_batch(NUM_CLASSES, seed=1), text_batch(NUM_CLASSES, seed=2)
+    both = {key: torch.cat([first[key], second[key]]) for key in first}
+    result = evaluate_accuracy(model, data, both, identity, batch_size=5, progress=True)
+    assert "evaluating" in capfd.readouterr().err  # the progress bar
+    text = [F.normalize(model.get_text_features(**p).pooler_output, dim=-1) for p in (first, second)]
+    classes = F.normalize(text[0] + text[1], dim=-1)
+    images = F.normalize(model.get_image_features(pixel_values=data.pixels).pooler_output, dim=-1)
+    predictions = (images @ classes.T).argmax(-1)
+    assert result["accuracy"] == pytest.approx((predictions == torch.tensor(data.labels)).double().mean().item())
+    assert predictions.tolist() != (images @ text[0].T).argmax(-1).tolist()  # the ensemble decides otherwise
+    evaluate_accuracy(model, data, first, identity, batch_size=5)
+    assert "evaluating" not in capfd.readouterr().err  # no bar unless asked
+    with pytest.raises(ValueError, match="prompts per class"):
+        evaluate_accuracy(model, data, {key: value[:-1] for key, value in both.items()}, identity)
     assert result["num_images"] == len(data)
 
 

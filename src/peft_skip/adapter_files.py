@@ -8,6 +8,8 @@ import json
 import os
 
 WEIGHTS_NAME = "adapter_model.safetensors"
+# What `save_pretrained(safe_serialization=False)` writes: a pickle, which Skip Tuning neither writes nor reads.
+PICKLE_WEIGHTS_NAME = "adapter_model.bin"
 CONFIG_NAME = "adapter_config.json"
 # Where `run_state.save_adapter` stages a new adapter before moving its files into place (config last).
 STAGING_DIR = ".adapter.tmp"

@@ -22,8 +22,9 @@ import transformers
 import yaml
 from transformers import HfArgumentParser
 
-from .arguments import DataArguments, EvalArguments, ModelArguments
+from .arguments import DataArguments, EvalArguments, LoggingArguments, ModelArguments
 from .config import METHOD_FIELDS, SkipConfig
+from .config_paths import resolve_config_paths
 from .data import (
     DIGITS_CLASSES,
     FASHION_MNIST_CLASSES,
@@ -114,15 +115,16 @@ def _commands() -> dict[str, tuple[list[type], typing.Callable, str]]:
     """Sub-command -> (its argument dataclasses, the function taking their instances, its help)."""
     return {
         "train": (
-            [ModelArguments, DataArguments, _method_arguments(), SkipTrainingArguments],
+            [ModelArguments, DataArguments, _method_arguments(), SkipTrainingArguments, LoggingArguments],
             train_command,
             "Few-shot Skip Tuning: prints the zero-shot and tuned accuracy, writes the delta adapter, metrics.json "
             "and per-epoch checkpoints to --output_dir.",
         ),
         "eval": (
-            [ModelArguments, DataArguments, EvalArguments],
+            [ModelArguments, DataArguments, EvalArguments, LoggingArguments],
             eval_command,
-            "Accuracy (overall and per class) of the full model, with a Skip Tuning adapter if --adapter is given.",
+            "Accuracy (overall and per class; base, new and HM with --protocol base_to_new) of the full model, with a "
+            "Skip Tuning adapter if --adapter is given.",
         ),
         "benchmark": (
             [BenchmarkArguments, _method_arguments()],
@@ -227,6 +229,7 @@ def _parse(argv: Sequence[str] | None) -> tuple[str, list]:
         from_file = {dests[key.replace("-", "_")]: value for key, value in from_file.items()}
         actions = {action.dest: action for action in sub._actions}
         from_file = {dest: _as_flag(actions[dest], value, config_file) for dest, value in from_file.items()}
+        from_file = resolve_config_paths(from_file, config_file)
         sub.set_defaults(**from_file)
         for action in sub._actions:
             action.required = action.required and action.dest not in from_file
@@ -240,7 +243,9 @@ def _parse(argv: Sequence[str] | None) -> tuple[str, list]:
     for cls in _commands()[command][0]:
         names = {f.name for f in dataclasses.fields(cls) if f.init}
         instances.append(cls(**{k: v for k, v in vars(namespace).items() if k in names}))
-    return command, instances
+    for logging_arguments in (a for a in instances if isinstance(a, LoggingArguments)):
+        logging_arguments.apply()  # before the command runs; the command itself does not take them
+    return command, [a for a in instances if not isinstance(a, LoggingArguments)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

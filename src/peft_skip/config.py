@@ -11,6 +11,7 @@ from peft.utils import PeftType
 
 from .adapter_files import (
     CONFIG_NAME,
+    PICKLE_WEIGHTS_NAME,
     STAGING_DIR,
     WEIGHTS_NAME,
     check_finite_tensors,
@@ -18,7 +19,7 @@ from .adapter_files import (
     file_sha256,
     read_tensor_shapes,
 )
-from .card import add_skip_section
+from .card import build_card, write_card
 
 # The floating-point dtypes tensors are stored in (deltas, caches), by name.
 StorageDtype = Literal["float32", "float16", "bfloat16"]
@@ -217,6 +218,11 @@ class SkipConfig(PeftConfig):
         if not os.path.isfile(config_file):
             return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
         check_saved_config(config_file, cls, "SKIP")
+        if not os.path.isfile(weights) and os.path.isfile(os.path.join(directory, PICKLE_WEIGHTS_NAME)):
+            raise ValueError(
+                f"{directory} holds {PICKLE_WEIGHTS_NAME} (a pickle): Skip Tuning reads {WEIGHTS_NAME} only; save the "
+                "adapter again with peft-skip (safetensors)."
+            )
         if not os.path.isfile(weights):
             raise FileNotFoundError(
                 f"{weights} is missing: {directory} holds an adapter config without its weights. Copy both files "
@@ -254,14 +260,20 @@ class SkipConfig(PeftConfig):
         return config
 
     def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        pickled = os.path.join(save_directory, PICKLE_WEIGHTS_NAME)
+        if os.path.isfile(pickled):
+            os.remove(pickled)  # just written by peft, before this config: no adapter is left half-saved
+            raise ValueError(
+                "Skip Tuning adapters are saved as safetensors only (no pickle; the config records the file's "
+                "sha256): call save_pretrained without safe_serialization=False."
+            )
         # peft writes the weights before the config: the config records which weights it belongs to.
         weights = os.path.join(save_directory, WEIGHTS_NAME)
         self.weights_sha256 = file_sha256(weights) if os.path.isfile(weights) else None
         super().save_pretrained(save_directory, **kwargs)
-        # peft writes the model card before the config, so the card can be completed here.
-        card = os.path.join(save_directory, "README.md")
-        if os.path.exists(card):
-            add_skip_section(card, self.base_model_name_or_path, self.method_settings())
+        # peft writes its model card before the config: replaced here by Skip Tuning's.
+        if os.path.exists(os.path.join(save_directory, "README.md")):
+            write_card(save_directory, build_card(self.base_model_name_or_path, self.method_settings()))
 
     def method_settings(self) -> dict:
         """The fields that describe the method (not peft's bookkeeping): for model cards and run metrics."""

@@ -1,4 +1,5 @@
-"""Accuracy of the full model (all layers, all classes of the split, one prompt per class, no cache).
+"""Accuracy of the full model (all layers, all classes of the split, no cache; one prompt per class, or a prompt
+ensemble: several templates whose text features are averaged per class).
 
 Covers the protocols of this line of work: plain accuracy (few-shot, cross-dataset, domain generalisation) and
 base-to-new (base accuracy among the base classes, new accuracy among the new ones, and their harmonic mean).
@@ -13,6 +14,7 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 from torch import nn
+from tqdm.auto import tqdm
 
 from .data import build_prompts, subset_classes
 from .data.workers import ordered_map
@@ -20,20 +22,24 @@ from .towers import get_towers
 
 
 def tokenize_classes(
-    model: nn.Module, tokenizer, class_names: Sequence[str], template: str
+    model: nn.Module, tokenizer, class_names: Sequence[str], template: str | Sequence[str]
 ) -> dict[str, torch.Tensor]:
-    """One prompt per class, tokenised and padded as the model's text tower expects.
+    """One prompt per class and template, tokenised and padded as the model's text tower expects.
 
     Args:
         model (`nn.Module`): A supported model, plain or wrapped by peft.
         tokenizer: Its tokenizer.
         class_names (`Sequence[str]`): The classes, in label order.
-        template (`str`): A key of `peft_skip.data.TEMPLATES` or a format string with one `{}`.
+        template (`str` or `Sequence[str]`): A key of `peft_skip.data.TEMPLATES` or a format string with one `{}`;
+            or several of them (a prompt ensemble).
 
     Returns:
-        `dict`: `input_ids` and `attention_mask`, each of shape `(C, L)`.
+        `dict`: `input_ids` and `attention_mask`, each of shape `(T * C, L)` for T templates, template by template
+        (`(C, L)` for one).
     """
-    return get_towers(model).text.tokenize(tokenizer, build_prompts(class_names, template))
+    templates = [template] if isinstance(template, str) else list(template)
+    prompts = [prompt for t in templates for prompt in build_prompts(class_names, t)]
+    return get_towers(model).text.tokenize(tokenizer, prompts)
 
 
 @torch.no_grad()
@@ -44,6 +50,7 @@ def evaluate_accuracy(
     transform: Callable,
     batch_size: int = 64,
     num_workers: int = 0,
+    progress: bool = False,
 ) -> dict:
     """Accuracy of the full model on `dataset`, choosing among all of its classes.
 
@@ -52,10 +59,13 @@ def evaluate_accuracy(
     Args:
         model (`nn.Module`): A supported model, plain or wrapped by peft.
         dataset: An `ImageDataset` (`len`, `image(i)`, `labels`, `class_names`).
-        prompts (`dict[str, torch.Tensor]`): `input_ids` and `attention_mask` of one prompt per class, `(C, L)`.
+        prompts (`dict[str, torch.Tensor]`): `input_ids` and `attention_mask` of one prompt per class, `(C, L)`, or
+            of T prompts per class, `(T * C, L)` template by template (`tokenize_classes`): each class's normalised
+            text features are averaged over its T prompts, then normalised again.
         transform (`Callable`): Evaluation transform `transform(pil_image)` -> `(3, S, S)`.
         batch_size (`int`): Images per forward pass.
         num_workers (`int`): Worker processes that read and transform the images ahead of the model (0: none).
+        progress (`bool`): Show a progress bar over the batches (main process only).
 
     Returns:
         `dict`: `accuracy`, `per_class` (class name -> accuracy), `num_images`.
@@ -68,11 +78,17 @@ def evaluate_accuracy(
     device = next(model.parameters()).device
     towers = get_towers(model)
     classes = towers.text_features(prompts["input_ids"].to(device), prompts["attention_mask"].to(device))
+    num_classes = len(dataset.class_names)
+    if len(classes) % num_classes:
+        raise ValueError(f"Got {len(classes)} prompts for {num_classes} classes; give T prompts per class.")
+    if len(classes) > num_classes:  # a prompt ensemble
+        classes = nn.functional.normalize(classes.view(-1, num_classes, classes.shape[-1]).mean(0), dim=-1)
     shard = range(state.process_index, len(dataset), state.num_processes)
     predictions = []
     batches = [(shard[start : start + batch_size],) for start in range(0, len(shard), batch_size)]
     pixels = ordered_map(_Pixels(dataset, transform), batches, num_workers, pin_memory=device.type == "cuda")
-    for (indices,), batch in zip(batches, pixels, strict=True):
+    bar = tqdm(pixels, total=len(batches), desc="evaluating", disable=not progress or not state.is_local_main_process)
+    for (indices,), batch in zip(batches, bar, strict=True):
         images = towers.image_features(batch.to(device))
         logits = images @ classes.T.to(images.dtype)
         if not logits.isfinite().all():
@@ -127,10 +143,11 @@ def evaluate_protocol(
     tokenizer,
     dataset,
     transform: Callable,
-    template: str,
+    template: str | Sequence[str],
     base_new: tuple[Sequence[str], Sequence[str]] | None = None,
     batch_size: int = 64,
     num_workers: int = 0,
+    progress: bool = False,
 ) -> dict:
     """All-class accuracy, or for base-to-new the base and new accuracies and their harmonic mean.
 
@@ -139,17 +156,18 @@ def evaluate_protocol(
         tokenizer: Its tokenizer.
         dataset: The test `ImageDataset`.
         transform (`Callable`): Evaluation transform.
-        template (`str`): Prompt template (see `tokenize_classes`).
+        template (`str` or `Sequence[str]`): Prompt template, or several averaged (see `tokenize_classes`).
         base_new (`tuple`, *optional*): Base and new class names; each group is tested on its own images, choosing
             among its own classes.
         batch_size (`int`): Images per forward pass.
         num_workers (`int`): Worker processes that read and transform the images (see `evaluate_accuracy`).
+        progress (`bool`): Show a progress bar over the batches.
     """
 
     def accuracy(classes: Sequence[str] | None) -> dict:
         subset = dataset if classes is None else subset_classes(dataset, classes)
         prompts = tokenize_classes(model, tokenizer, subset.class_names, template)
-        return evaluate_accuracy(model, subset, prompts, transform, batch_size, num_workers)
+        return evaluate_accuracy(model, subset, prompts, transform, batch_size, num_workers, progress)
 
     if base_new is None:
         return accuracy(None)

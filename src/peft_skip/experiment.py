@@ -15,11 +15,11 @@ import torch
 import transformers
 
 from .arguments import DataArguments, EvalArguments, ModelArguments
+from .card import build_card, write_card
 from .config import SkipConfig
 from .data import (
     ImageDataset,
     ImageTransform,
-    load_dataset_spec,
     sample_few_shot,
     short_classes,
     split_base_new,
@@ -59,7 +59,7 @@ def load_model(model_args: ModelArguments, say=print):
 
 def test_set(data: DataArguments) -> ImageDataset:
     """The evaluated split; with `test_limit`, a fixed subset of it, the same for every seed and command."""
-    test = load_dataset_spec(data.data, data.split, data_root=data.data_root)
+    test = data.load(data.split)
     if data.test_limit and data.test_limit < len(test):
         test = test.subset(sorted(random.Random(0).sample(range(len(test)), data.test_limit)))
     return test.with_decoding(data.resolved_decoding())
@@ -102,14 +102,16 @@ def _train_and_evaluate(
         transformers.utils.logging.disable_progress_bar()
     accelerator = make_accelerator(training.mixed_precision, training.report_to, training.output_dir)
     say = accelerator.print
+    say(training.precision_note())
     recipe = training.recipe()
     if data.data in REFERENCE_DATASETS and training.recipe_dataset != data.data:
         logger.warning(
             f"Training on {data.data} with the recipe of {training.recipe_dataset or 'no dataset'}: set "
             f"recipe_dataset={data.data!r} for the paper's {data.data} recipe (its epochs and template)."
         )
-    template = data.template or (recipe.train_template if training.recipe_dataset else data.resolved_template())
-    train_set = load_dataset_spec(data.data, "train", data_root=data.data_root)
+    # Several templates: evaluation averages them, training uses the first (the reference trains on one).
+    templates = data.resolved_templates(recipe.train_template if training.recipe_dataset else None)
+    train_set = data.load("train")
     check_shots(train_set, training.shots)
     train_set = sample_few_shot(train_set, training.shots, training.seed)
     test = test_set(data)
@@ -139,11 +141,13 @@ def _train_and_evaluate(
 
     def evaluate() -> dict:
         tokenizer, batch_size = processor.tokenizer, data.per_device_eval_batch_size
-        workers = training.dataloader_num_workers
-        return evaluate_protocol(model, tokenizer, test, eval_transform, template, base_new, batch_size, workers)
+        workers, progress = training.dataloader_num_workers, not training.disable_tqdm
+        return evaluate_protocol(
+            model, tokenizer, test, eval_transform, templates, base_new, batch_size, workers, progress
+        )
 
     model = get_peft_model(model, config)
-    prompts = tokenize_classes(model, processor.tokenizer, train_set.class_names, template)
+    prompts = tokenize_classes(model, processor.tokenizer, train_set.class_names, templates[0])
     transform = ImageTransform.from_processor(processor, train=True, scale=(training.crop_min_area, 1.0))
     trainer = SkipTrainer(model, training, train_set, prompts, transform, accelerator=accelerator)
     if training.resume_from_checkpoint:
@@ -166,7 +170,7 @@ def _train_and_evaluate(
     metrics = {
         "model": model_args.model,
         "random_weights": has_random_weights(model.get_base_model()),
-        "data": dataclasses.asdict(data) | {"template": template},
+        "data": dataclasses.asdict(data) | {"template": templates[0], "eval_templates": templates},
         "train_classes": train_set.class_names,  # under base-to-new, the base classes only
         "num_processes": accelerator.num_processes,
         "training_arguments": training.run_identity(),
@@ -184,6 +188,10 @@ def _train_and_evaluate(
         "history": result.history,
     }
     if accelerator.is_main_process:
+        adapter = model.peft_config[model.active_adapter]
+        name = repo_id or os.path.basename(os.path.abspath(training.output_dir))
+        card = build_card(adapter.base_model_name_or_path, config.method_settings(), metrics, name, training.license)
+        write_card(training.output_dir, card)  # now with the accuracies
         _write_json(os.path.join(training.output_dir, "metrics.json"), metrics)
         say(f"adapter and metrics.json written to {training.output_dir}")
         if repo_id:
@@ -204,6 +212,8 @@ def load_saved_adapter(model, adapter_dir: str):
 def evaluate_saved(model_args: ModelArguments, data: DataArguments, eval_args: EvalArguments) -> dict:
     """Accuracy of the base model, or with the adapter `eval_args.adapter`; written to `eval_args.output_dir`'s
     `eval_results.json` when given, else printed."""
+    if eval_args.disable_tqdm:
+        transformers.utils.logging.disable_progress_bar()
     accelerator = make_accelerator()
     model, processor = load_model(model_args, accelerator.print)
     if eval_args.adapter is not None:
@@ -212,18 +222,23 @@ def evaluate_saved(model_args: ModelArguments, data: DataArguments, eval_args: E
         to_reference_fp16(model)
     model.to(accelerator.device)
     transform = ImageTransform.from_processor(processor, train=False)
+    test = test_set(data)
+    base_new = split_base_new(test) if eval_args.protocol == "base_to_new" else None
     result = evaluate_protocol(
         model,
         processor.tokenizer,
-        test_set(data),
+        test,
         transform,
-        data.resolved_template(),
+        data.resolved_templates(),
+        base_new,
         batch_size=data.per_device_eval_batch_size,
         num_workers=eval_args.dataloader_num_workers,
+        progress=not eval_args.disable_tqdm,
     )
     result = {
         "model": model_args.model,
         "adapter": eval_args.adapter,
+        "protocol": eval_args.protocol,
         "precision": eval_args.precision,
         **dataclasses.asdict(data),
         **result,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils import PeftType, register_peft_method
@@ -41,6 +43,11 @@ class SkipModel(BaseTuner):
     target_module_mapping: dict = {}
 
     def _prepare_adapter_config(self, peft_config: SkipConfig, model_config: dict) -> SkipConfig:
+        # A base loaded from a relative directory is recorded by its absolute path, so that the saved adapter (its
+        # config and card) names a base that loads from any directory; Hub ids stay as they are.
+        base = peft_config.base_model_name_or_path
+        if base and not os.path.isabs(base) and os.path.isdir(base):
+            peft_config.base_model_name_or_path = os.path.abspath(base)
         return peft_config
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, *args, **kwargs) -> None:

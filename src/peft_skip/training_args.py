@@ -16,6 +16,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
+
 from .config import StorageDtype
 from .recipes import PROTOCOLS, REFERENCE_DATASETS, Recipe, reference_recipe
 from .tracking import ReportTo, tracker_names
@@ -134,7 +136,8 @@ class SkipTrainingArguments:
         None,
         "fp16_reference (the recipe's): the whole model in float16 but its layer norms (float32), trained in float16 "
         "without master weights or loss scaling, as the reference does; fp32: float32 weights (with "
-        "--mixed-precision: autocast over them). Default: the recipe's, fp32 with --mixed-precision or adamw_torch.",
+        "--mixed-precision: autocast over them). Default: fp16_reference where CUDA is present, fp32 on a CPU (where "
+        "float16 kernels are slow or missing) and with --mixed-precision or adamw_torch.",
     )
     mixed_precision: Literal["no", "bf16", "fp16"] = _arg(
         "no", "bf16 autocasts on CPU or GPU; fp16 needs a GPU. Overrides `accelerate launch --mixed_precision`."
@@ -168,6 +171,12 @@ class SkipTrainingArguments:
     )
     hub_model_id: str | None = _arg(
         None, "Hub repository of --push_to_hub, 'user/name' (default: output_dir's name).", compare=False
+    )
+    license: str | None = _arg(
+        None,
+        "License of the adapter's model card, a Hub license id such as mit (default: the base model's, where its "
+        "card is at hand).",
+        compare=False,
     )
     hub_private_repo: bool | None = _arg(
         None, "Create the repository private (default: the Hub's default).", compare=False
@@ -231,9 +240,11 @@ class SkipTrainingArguments:
             self.vision_learning_rate = (
                 self.learning_rate * (recipe.vision_lr / recipe.text_lr) if given else recipe.vision_lr
             )
+        self._precision_given = self.precision is not None
         if self.precision is None:
             autocast_or_adam = self.mixed_precision != "no" or self.optim != "sgd"
-            self.precision = "fp32" if autocast_or_adam else recipe.precision
+            on_cpu = not torch.cuda.is_available()
+            self.precision = "fp32" if autocast_or_adam or on_cpu else recipe.precision
         if self.cache_dtype is None:
             self.cache_dtype = "float16" if self.precision == "fp16_reference" else "float32"
         from_recipe = {
@@ -251,6 +262,22 @@ class SkipTrainingArguments:
         for name, value in from_recipe.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
+
+    def precision_note(self) -> str:
+        """One line: the precision the run trains in, why, and how to change it."""
+        if not self._precision_given and (self.mixed_precision != "no" or self.optim != "sgd"):
+            return (
+                f"precision: fp32 (with mixed_precision={self.mixed_precision!r}, optim={self.optim!r}); the paper's "
+                "float16, --precision fp16_reference, needs --optim sgd and --mixed_precision no"
+            )
+        if self._precision_given:
+            why = "as given by --precision"
+        elif self.precision == "fp32":
+            why = "the default on a CPU, where float16 kernels are slow or missing"
+        else:
+            why = "the paper's float16 weights, the default where CUDA is present"
+        other = "fp32" if self.precision == "fp16_reference" else "fp16_reference"
+        return f"precision: {self.precision} ({why}); change it with --precision {other}"
 
     def recipe(self) -> Recipe:
         """The paper's recipe for `protocol` and `recipe_dataset` (the source of the fields left `None`)."""
@@ -292,7 +319,10 @@ _RECIPE_TRAIN_OPTIONS = (
 def recipe_train_config(protocol: str, dataset: str | None) -> dict:
     """The `peft-skip train --config` values of the paper's recipe: training options, method settings, template."""
     recipe = reference_recipe(protocol, dataset, strict=True)
-    training = SkipTrainingArguments(output_dir="", protocol=protocol, recipe_dataset=dataset)
+    # The recipe's own precision, not this machine's default: the file says what the paper does.
+    training = SkipTrainingArguments(
+        output_dir="", protocol=protocol, recipe_dataset=dataset, precision=recipe.precision
+    )
     options = {name: getattr(training, name) for name in _RECIPE_TRAIN_OPTIONS}
     method = {name: getattr(recipe, name) for name in ("skip_layers", "class_ratio", "max_classes", "class_decay")}
     drop = {"token_drop": recipe.token_drop, "token_drop_mode": recipe.token_drop_mode}

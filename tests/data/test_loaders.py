@@ -70,7 +70,7 @@ def test_hf_dataset_string_labels_and_errors():
     with pytest.raises(TypeError, match="row 0 holds 0.5"):
         from_hf_dataset(floats)
     ints = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 1]})
-    with pytest.raises(ValueError, match="pass `class_names`"):
+    with pytest.raises(ValueError, match="pass `--class_names`"):
         from_hf_dataset(ints)
     assert from_hf_dataset(ints, class_names=["x", "y"]).class_names == ["x", "y"]
     with pytest.raises(ValueError, match="no label"):
@@ -136,3 +136,21 @@ def test_coop_dataset_name_spec(tmp_path):
     assert test.items == load_coop_dataset("eurosat", root, "test").items and len(test) == 8
     with pytest.raises(ValueError, match="--data-root"):
         load_dataset_spec("eurosat", "test")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json", ".parquet"])
+def test_table_files_with_image_paths_relative_to_the_file(tmp_path, suffix):
+    """Rows of a table file, one per split through `{split}`; image paths are read next to the file."""
+    write_folder(tmp_path / "images", {"red": 2, "blue": 1})
+    for split in ("train", "test"):
+        rows = datasets.Dataset.from_dict(
+            {"file": ["images/red/img_00.png", "images/red/img_01.png", "images/blue/img_00.png"], "y": [1, 1, 0]}
+        )
+        path = str(tmp_path / f"{split}{suffix}")
+        {".csv": rows.to_csv, ".json": rows.to_json, ".parquet": rows.to_parquet}[suffix](path)
+    spec = str(tmp_path / f"{{split}}{suffix}")
+    dataset = load_dataset_spec(spec, "test", image_column="file", label_column="y", class_names=["blue", "red"])
+    assert (dataset.class_names, dataset.labels) == (["blue", "red"], [1, 1, 0])
+    assert dataset.image(1).getpixel((0, 0)) == (10, 0, 7)  # red's second image
+    with pytest.raises(FileNotFoundError, match="val"):
+        load_dataset_spec(spec, "val", image_column="file", label_column="y", class_names=["blue", "red"])

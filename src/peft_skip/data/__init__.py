@@ -6,7 +6,7 @@ array / HF dataset) and integer labels. Images are decoded lazily and always com
 | module | its one job |
 |---|---|
 | `dataset.py` | `ImageDataset` and decoding any image to RGB |
-| `loaders.py` | image folders, Hugging Face `datasets`, the CLI's `--dataset` spec |
+| `loaders.py` | image folders, Hugging Face `datasets`, Parquet / CSV / JSON files, the CLI's `--data` spec |
 | `builtin.py` | the offline datasets: Fashion-MNIST (IDX files) and scikit-learn's digits |
 | `splits.py` | the few-shot draw (Dassl's), the base/new class split, class subsets by name |
 | `prompts.py` | prompt templates and prompts from class names |
@@ -16,7 +16,15 @@ array / HF dataset) and integer labels. Images are decoded lazily and always com
 
 from .builtin import DIGITS_CLASSES, FASHION_MNIST_CLASSES, load_digits, load_fashion_mnist
 from .dataset import ImageDataset, ImageDecoding, ImageSource, read_image, to_rgb
-from .loaders import IMAGE_EXTENSIONS, from_hf_dataset, load_dataset_spec, load_hf_dataset, load_image_folder
+from .loaders import (
+    IMAGE_EXTENSIONS,
+    from_hf_dataset,
+    is_table_spec,
+    load_data_file,
+    load_dataset_spec,
+    load_hf_dataset,
+    load_image_folder,
+)
 from .prompts import TEMPLATES, build_prompts
 from .splits import check_shots, sample_few_shot, short_classes, split_base_new, subset_classes
 from .transforms import ImageTransform
@@ -33,6 +41,8 @@ __all__ = [
     "build_prompts",
     "check_shots",
     "from_hf_dataset",
+    "is_table_spec",
+    "load_data_file",
     "load_dataset_spec",
     "load_digits",
     "load_fashion_mnist",

@@ -17,6 +17,8 @@ import PIL.Image
 from .builtin import load_digits, load_fashion_mnist
 from .dataset import ImageDataset, read_image
 
+# Table files `datasets` reads as rows (its builder for each extension).
+DATA_FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 
 
@@ -53,11 +55,13 @@ def load_image_folder(path: str | os.PathLike) -> ImageDataset:
 
 @dataclass
 class _HFSource:
-    """The image column of a `datasets.Dataset` (decoded PIL images, paths, or `{"bytes", "path"}` dicts)."""
+    """The image column of a `datasets.Dataset` (decoded PIL images, paths, or `{"bytes", "path"}` dicts); relative
+    paths are read from `root`."""
 
     dataset: Any
     column: str
     key: str
+    root: str = ""
 
     def load(self, item: int) -> PIL.Image.Image:
         value = self.dataset[int(item)][self.column]
@@ -71,17 +75,21 @@ class _HFSource:
             except (OSError, SyntaxError, ValueError) as err:
                 raise OSError(f"Cannot decode image of row {item} (path {value.get('path')!r}): {err}") from err
         if isinstance(value, dict) and value.get("path"):
-            return read_image(value["path"])
+            return read_image(os.path.join(self.root, value["path"]))
         if isinstance(value, (str, os.PathLike)):
-            return read_image(value)
+            return read_image(os.path.join(self.root, value))
         raise TypeError(
             f"Column {self.column!r} row {item} holds a {type(value).__name__}, not an image: pass the name of the "
-            "image column with `image_column`."
+            "image column with `--image_column`."
         )
 
 
 def from_hf_dataset(
-    dataset, image_column: str = "image", label_column: str = "label", class_names: list[str] | None = None
+    dataset,
+    image_column: str = "image",
+    label_column: str = "label",
+    class_names: list[str] | None = None,
+    root: str = "",
 ) -> ImageDataset:
     """An `ImageDataset` over a `datasets.Dataset` with an image column and a label column.
 
@@ -93,12 +101,13 @@ def from_hf_dataset(
         image_column (`str`): Column of the images (PIL images, paths or `{"bytes", "path"}` dicts).
         label_column (`str`): Column of the labels: class indices or class names.
         class_names (`list[str]`, *optional*): Name of each class, overriding the dataset's own.
+        root (`str`): Directory that relative image paths are read from (a table file's own directory).
     """
     missing = [c for c in (image_column, label_column) if c not in dataset.column_names]
     if missing:
         raise ValueError(
             f"Dataset has no column {missing} (columns: {dataset.column_names}): "
-            "choose them with `image_column` / `label_column`."
+            "choose them with `--image_column` / `--label_column`."
         )
     raw = dataset[label_column]
     raw = list(raw) if not isinstance(raw, list) else raw
@@ -125,8 +134,8 @@ def from_hf_dataset(
         names = list(class_names) if class_names is not None else feature_names
         if names is None:
             raise ValueError(
-                f"Label column {label_column!r} holds integers without class names: pass `class_names` "
-                "(prompts are built from them)."
+                f"Label column {label_column!r} holds integers without class names: pass `--class_names` "
+                "(a file with one name per line, or a comma list; prompts are built from them)."
             )
         if feature_names is not None and len(names) != len(feature_names):
             raise ValueError(
@@ -141,7 +150,7 @@ def from_hf_dataset(
             )
         labels = raw
     key = f"hf:{getattr(dataset, '_fingerprint', None) or id(dataset)}:{image_column}"
-    source = _HFSource(dataset.select_columns([image_column]), image_column, key)
+    source = _HFSource(dataset.select_columns([image_column]), image_column, key, root)
     return ImageDataset(names, list(range(len(labels))), labels, source)
 
 
@@ -181,6 +190,31 @@ def load_hf_dataset(
     return from_hf_dataset(dataset, image_column, label_column, class_names)
 
 
+def load_data_file(path: str, split: str, **kwargs) -> ImageDataset:
+    """A split from a Parquet, CSV, TSV or JSON (lines) file of rows with an image and a label column, read by
+    `datasets`; `{split}` in `path` is replaced by the split's name. Image paths in the rows are relative to the file.
+
+    Args:
+        path (`str`): The file, e.g. `data/{split}.parquet`.
+        split (`str`): The split; a path without `{split}` serves every split.
+        kwargs: `image_column`, `label_column`, `class_names`, as in `from_hf_dataset`.
+    """
+    import datasets
+
+    file = path.replace("{split}", split)
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"Data file {file!r} does not exist (from --data {path!r}).")
+    builder = DATA_FILE_BUILDERS[Path(file).suffix.lower()]
+    options = {"delimiter": "\t"} if file.lower().endswith(".tsv") else {}
+    rows = datasets.load_dataset(builder, data_files=file, split="train", **options)
+    return from_hf_dataset(rows, root=os.path.dirname(os.path.abspath(file)), **kwargs)
+
+
+def is_table_spec(spec: str) -> bool:
+    """Whether `spec` names rows that `from_hf_dataset` reads: `hf:`, `imagefolder:` or a table file."""
+    return spec.startswith(("hf:", "imagefolder:")) or Path(spec).suffix.lower() in DATA_FILE_BUILDERS
+
+
 # Datasets name their validation folder differently; either name finds it.
 _SPLIT_ALIASES = {"val": ("val", "validation", "valid"), "validation": ("validation", "val", "valid")}
 
@@ -190,9 +224,9 @@ def load_dataset_spec(spec: str, split: str, data_root: str | os.PathLike | None
 
     Args:
         spec: `"fashion-mnist"`, `"digits"`, `"hf:<name or saved dir>"`, `"imagefolder:<dir>"` (HF's image folder
-            builder), a directory: an image folder (a sub-folder per class) or a folder with one such folder per
-            split (`train/`, `test/`, `val/`), or a name of `peft_skip.data.coop.COOP_DATASETS` (read from
-            `data_root`).
+            builder), a `.parquet` / `.csv` / `.tsv` / `.json` / `.jsonl` file (`load_data_file`), a directory: an
+            image folder (a sub-folder per class) or a folder with one such folder per split (`train/`, `test/`,
+            `val/`), or a name of `peft_skip.data.coop.COOP_DATASETS` (read from `data_root`).
         split: `"train"`, `"test"`, ...
         data_root: the DATA root of the CoOp-layout datasets.
         kwargs: passed to the loader (`image_column`, `class_names`, `root`, ...).
@@ -215,6 +249,8 @@ def load_dataset_spec(spec: str, split: str, data_root: str | os.PathLike | None
         return load_hf_dataset(spec[3:], split, **kwargs)
     if spec.startswith("imagefolder:"):
         return load_hf_dataset("imagefolder", split, data_dir=spec[len("imagefolder:") :], **kwargs)
+    if Path(spec).suffix.lower() in DATA_FILE_BUILDERS:
+        return load_data_file(spec, split, **kwargs)
     root = Path(spec)
     if root.is_dir():
         split_names = {"train", "test", "val", "validation", "valid"}
@@ -230,6 +266,6 @@ def load_dataset_spec(spec: str, split: str, data_root: str | os.PathLike | None
             )
         return load_image_folder(root, **kwargs)
     raise ValueError(
-        f"Unknown dataset {spec!r}: use 'fashion-mnist', 'digits', 'hf:<name>', 'imagefolder:<dir>' or an existing "
-        "image folder."
+        f"Unknown dataset {spec!r}: use 'fashion-mnist', 'digits', 'hf:<name>', 'imagefolder:<dir>', a .parquet, "
+        ".csv or .json file, or an existing image folder."
     )
