@@ -248,5 +248,3 @@ def save_adapter(model: nn.Module, output_dir: str) -> None:
         raise OSError(
             f"Could not write the adapter to {output_dir} ({error}); nothing there was replaced{resume}."
         ) from error
-
-
