@@ -82,8 +82,9 @@ def test_offline_vit_b_config_shapes():
     )
 
 
-# The tokenizer class AutoTokenizer loads for the real checkpoints in transformers 5.23 (SigLIP 2's Hub files name
-# GemmaTokenizer, which transformers replaces by its lowercasing subclass Siglip2Tokenizer), and whether it lowercases.
+# The tokenizer class AutoTokenizer loads for the real checkpoints in transformers >= 5.20 (SigLIP 2's Hub files name
+# GemmaTokenizer, which transformers replaces by its lowercasing Siglip2Tokenizer; the offline model names that class,
+# so that transformers < 5.20 lowercases too), and whether it lowercases.
 REAL_TOKENIZERS = {
     "clip": ("CLIPTokenizer", True),
     "metaclip_2": ("XLMRobertaTokenizer", False),

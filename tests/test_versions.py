@@ -22,7 +22,7 @@ def test_an_untested_version_is_refused_naming_the_range(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "package, found", [("transformers", "5.24.0"), ("transformers", "5.17.0"), ("peft", "0.20.0")]
+    "package, found", [("transformers", "5.24.0"), ("transformers", "5.16.0"), ("peft", "0.20.0")]
 )
 def test_import_refuses_an_untested_stack_and_leaves_peft_unpatched(package, found):
     code = (

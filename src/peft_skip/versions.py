@@ -3,12 +3,11 @@ file (it imports nothing at module level), and `import peft_skip` refuses anythi
 
 peft-skip adds its member to peft's `PeftType` enum and routes transformers' `load_adapter` for its adapters; both
 rely on internals that change between releases, so an untested peft or transformers is refused instead of patched.
-transformers 5.24 requires peft >= 0.22 in `add_adapter`, and no peft 0.22 exists yet; before 5.20, `AutoTokenizer`
-gives SigLIP 2 checkpoints a tokenizer that does not lowercase, unlike the text they were trained on.
+transformers 5.24 requires peft >= 0.22 in `add_adapter`, and no peft 0.22 exists yet.
 """
 
 TESTED = {
-    "transformers": ">=5.20,<5.24",
+    "transformers": ">=5.17,<5.24",
     "peft": ">=0.21,<0.22",
     "accelerate": ">=1.15,<2",
 }

@@ -137,7 +137,7 @@ def _naflex_patches(family: _OfflineFamily) -> tuple[int, int]:
     import transformers
 
     processor = getattr(transformers, family.processor)
-    # transformers 5.20 keeps these defaults in the processor's kwargs type, 5.23 on the class.
+    # transformers 5.17-5.20 keep these defaults in the processor's kwargs type, 5.23 on the class.
     kwargs = getattr(processor, "images_kwargs", None) or processor.valid_processor_kwargs._defaults["images_kwargs"]
     return kwargs["patch_size"], kwargs["max_num_patches"]
 

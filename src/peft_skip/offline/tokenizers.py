@@ -122,9 +122,10 @@ def _siglip_tokenizer(texts: Sequence[str], vocab_size: int | None):
 def _gemma_tokenizer(texts: Sequence[str], vocab_size: int | None):
     """Gemma's BPE with byte fallback, as SigLIP 2 ships it: `<pad>` 0, `<eos>` 1, `<bos>` 2, `<unk>` 3, `<mask>` 4,
     the 256 byte tokens, then pieces of lowercase words (`▁` marks a leading space); no `<bos>`, a closing `<eos>`,
-    padding on the right."""
+    padding on the right. Saved as `Siglip2Tokenizer`, which lowercases like the text SigLIP 2 was trained on: the Hub
+    files name `GemmaTokenizer`, which transformers < 5.20 loads as it is, without lowercasing."""
     from tokenizers import pre_tokenizers
-    from transformers import GemmaTokenizer
+    from transformers import GemmaTokenizer, Siglip2Tokenizer
 
     learner = GemmaTokenizer()
     # Gemma reads a whole text as one pre-token; pieces are learned within words, as in the real one.
@@ -133,7 +134,7 @@ def _gemma_tokenizer(texts: Sequence[str], vocab_size: int | None):
     merges = _merges([list(word) for word in words])
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", *(f"<0x{byte:02X}>" for byte in range(256))]
     tokens = dict.fromkeys([*specials, *sorted({char for word in words for char in word}), *map("".join, merges)])
-    return GemmaTokenizer(
+    return Siglip2Tokenizer(
         vocab={token: i for i, token in enumerate(tokens)},
         merges=merges,
         add_bos_token=False,
