@@ -63,13 +63,13 @@ def score_task(task: str, args: LowRankArguments) -> dict:
         run_task(task, WorldSuiteArguments(config=args.config, out=args.runs))
     with open(args.config, encoding="utf-8") as f:
         model_path = yaml.safe_load(f)["model"]
-    model_path = model_path if os.path.isabs(model_path) else os.path.join(ROOT, model_path)
+    model_path = os.path.join(os.path.dirname(os.path.abspath(args.config)), model_path)  # relative to the config
     processor = AutoProcessor.from_pretrained(model_path)
     data = DataArguments(data=f"world:{task}", test_limit=args.test_limit)
     test, transform = test_set(data), ImageTransform.from_processor(processor, train=False)
 
     def accuracy(model) -> float:
-        result = evaluate_protocol(model.eval(), processor.tokenizer, test, transform, data.resolved_template())
+        result = evaluate_protocol(model.eval(), processor.tokenizer, test, transform, data.resolved_templates())
         return result["accuracy"]
 
     skip = load_saved_adapter(AutoModel.from_pretrained(model_path), adapter)

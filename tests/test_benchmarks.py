@@ -227,7 +227,8 @@ def test_lowrank_scores_the_full_delta_and_each_rank(tmp_path):
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     config = yaml.safe_load(open(os.path.join(root, "examples", "world.yaml"), encoding="utf-8"))
-    config |= {"model": os.path.join(root, config["model"]), "shots": 2, "num_train_epochs": 1, "test_limit": 40}
+    model = os.path.join(root, "examples", config["model"])  # relative to the config file
+    config |= {"model": model, "shots": 2, "num_train_epochs": 1, "test_limit": 40}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
     argv = ["--tasks", "lighting", "--ranks", "128", "2", "--config", str(tmp_path / "run.yaml"), "--test_limit", "40"]
     lowrank.main([*argv, "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])

@@ -47,7 +47,7 @@ def folder(tmp_path):
         (["--template", "a photo of a {} }"], "not a valid format string (Single '}'"),
         (["--lr", "nan"], "learning_rate=nan"),
         (["--lr", "inf"], "learning_rate=inf"),
-        (["--lr", "1e5"], "largest value is 65504"),
+        (["--lr", "1e5", "--precision", "fp16_reference"], "largest value is 65504"),
         (["--config", "epochs: 1.5"], "num_train_epochs: 1.5 is invalid"),
         (["--config", "shots: 2.5"], "shots: 2.5 is invalid"),
         (["--config", "protocol: fewshot"], "'fewshot' is invalid; expected one of"),

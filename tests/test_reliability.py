@@ -260,6 +260,8 @@ def test_one_benchmark_at_a_time_per_out(tmp_path, monkeypatch):
     from peft_skip.locks import BusyError, file_lock
 
     monkeypatch.setattr(protocols, "dataset_folder", lambda root, folder: None)
+    monkeypatch.setattr(protocols, "load_coop_dataset", lambda *args: None)
+    monkeypatch.setattr(protocols, "check_shots", lambda *args: None)
     monkeypatch.setattr(protocols, "_run_cells", lambda *args: {"cells": []})
     args = protocols.BenchmarkArguments(
         protocol="few_shot", model="m", data_root=str(tmp_path), output_dir=str(tmp_path / "b"), datasets="eurosat"

@@ -104,8 +104,9 @@ def test_a_missing_tracker_fails_before_any_work(tiny_model, tmp_path, monkeypat
     monkeypatch.setitem(tracking.INSTALLED, "wandb", lambda: False)
     with pytest.raises(ValueError, match=r"report_to='wandb' needs the wandb package: `pip install wandb`"):
         SkipTrainingArguments(output_dir=str(tmp_path), report_to="wandb")
-    # No model is loaded: a model directory that does not exist is not what fails.
-    argv = ["train", "--model", str(tmp_path / "no-model"), *TRAIN, "--out", str(tmp_path / "run")]
+    # No model is loaded: an empty model directory is not what fails.
+    (tmp_path / "empty-model").mkdir()
+    argv = ["train", "--model", str(tmp_path / "empty-model"), *TRAIN, "--out", str(tmp_path / "run")]
     assert main([*argv, "--report_to", "wandb"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "pip install wandb" in error

@@ -36,9 +36,42 @@ from .finite import NonFiniteLossError
 from .offline import OfflineModelArguments, make_offline_model
 from .protocols import BenchmarkArguments, run_benchmark
 from .recipes import REFERENCE_DATASETS, RecipeArguments, reference_recipe
-from .training_args import SkipTrainingArguments, recipe_train_config
+from .training_args import SkipTrainingArguments
 
 logger = logging.getLogger("peft_skip")
+
+
+# The `peft-skip train` options a recipe sets, beside the method's (`SkipConfig`) and the prompt template.
+_RECIPE_TRAIN_OPTIONS = (
+    "protocol",
+    "recipe_dataset",
+    "num_train_epochs",
+    "learning_rate",
+    "vision_learning_rate",
+    "warmup_epochs",
+    "warmup_lr",
+    "lr_scheduler_type",
+    "batch_size",
+    "optim",
+    "momentum",
+    "weight_decay",
+    "sampler",
+    "dataloader_drop_last",
+    "precision",
+)
+
+
+def recipe_train_config(protocol: str, dataset: str | None) -> dict:
+    """The `peft-skip train --config` values of the paper's recipe: training options, method settings, template."""
+    recipe = reference_recipe(protocol, dataset, strict=True)
+    # The recipe's own precision, not this machine's default: the file says what the paper does.
+    training = SkipTrainingArguments(
+        output_dir="", protocol=protocol, recipe_dataset=dataset, precision=recipe.precision
+    )
+    options = {name: getattr(training, name) for name in _RECIPE_TRAIN_OPTIONS}
+    method = {name: getattr(recipe, name) for name in ("skip_layers", "class_ratio", "max_classes", "class_decay")}
+    drop = {"token_drop": recipe.token_drop, "token_drop_mode": recipe.token_drop_mode}
+    return options | method | drop | {"image_decoding": recipe.image_decoding, "template": recipe.train_template}
 
 
 def _method_arguments() -> type:

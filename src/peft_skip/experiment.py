@@ -29,7 +29,7 @@ from .data.splits import check_same_classes, check_shots
 from .evaluation import evaluate_protocol, summary, tokenize_classes
 from .hub import create_hub_repo, hub_repo_id, push_adapter
 from .offline import has_random_weights
-from .output_dir import check_out_apart, claim_output_dir
+from .output_dir import CARD_NAME, check_out_apart, claim_output_dir, may_write
 from .precision import to_reference_fp16
 from .preflight import check_images_readable, check_launch
 from .recipes import REFERENCE_DATASETS
@@ -191,7 +191,8 @@ def _train_and_evaluate(
         adapter = model.peft_config[model.active_adapter]
         name = repo_id or os.path.basename(os.path.abspath(training.output_dir))
         card = build_card(adapter.base_model_name_or_path, config.method_settings(), metrics, name, training.license)
-        write_card(training.output_dir, card)  # now with the accuracies
+        if may_write(training.output_dir, CARD_NAME):  # a user's README.md is kept
+            write_card(training.output_dir, card)  # now with the accuracies
         _write_json(os.path.join(training.output_dir, "metrics.json"), metrics)
         say(f"adapter and metrics.json written to {training.output_dir}")
         if repo_id:

@@ -21,6 +21,7 @@ LOCK_FILE = ".lock"
 # Lists the names in an output directory that peft-skip wrote (or reserved for a run); everything else is the user's.
 MANIFEST = ".peft-skip"
 CARD_NAME = "README.md"
+TRACKING_DIR = "runs"  # local trackers' files (TensorBoard), as transformers' Trainer names it
 # Every name a run writes into its output directory.
 OUTPUT_NAMES = (
     LOCK_FILE,
@@ -31,6 +32,7 @@ OUTPUT_NAMES = (
     "metrics.json",
     CHECKPOINTS_DIR,
     STAGING_DIR,
+    TRACKING_DIR,
 )
 
 
@@ -42,6 +44,11 @@ def our_names(output_dir: str) -> set[str]:
         return {name for name in names if isinstance(name, str)}
     except (OSError, ValueError, KeyError, TypeError):
         return set()
+
+
+def may_write(output_dir: str, name: str) -> bool:
+    """Whether `name` in `output_dir` is free or peft-skip's own: a user's file there (a README.md) is kept."""
+    return not os.path.lexists(os.path.join(output_dir, name)) or name in our_names(output_dir)
 
 
 def _claim_names(output_dir: str, overwrite: bool) -> None:

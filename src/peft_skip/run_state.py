@@ -27,7 +27,7 @@ from .adapter_files import STAGING_DIR, check_deltas_fit
 from .config import SkipConfig
 from .fingerprint import fingerprint_mismatch
 from .finite import check_finite_deltas
-from .output_dir import CARD_NAME, CHECKPOINTS_DIR, our_names
+from .output_dir import CARD_NAME, CHECKPOINTS_DIR, may_write
 from .publishing import finish_interrupted_publish, publish, publish_files
 
 logger = logging.getLogger(__name__)
@@ -236,9 +236,8 @@ def save_adapter(model: nn.Module, output_dir: str) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(tmp)
-        card = os.path.join(output_dir, CARD_NAME)
-        if os.path.lexists(card) and CARD_NAME not in our_names(output_dir):
-            logger.info(f"{card} is not peft-skip's: kept, the model card is not written.")
+        if not may_write(output_dir, CARD_NAME):
+            logger.info(f"{output_dir}/{CARD_NAME} is not peft-skip's: kept, the model card is not written.")
             os.remove(os.path.join(tmp, CARD_NAME))
         publish_files(tmp, output_dir)
     except (OSError, RuntimeError, SafetensorError) as error:  # safetensors reports a full disk as its own error

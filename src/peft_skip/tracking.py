@@ -17,6 +17,8 @@ from typing import Literal, get_args
 from accelerate import Accelerator
 from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
 
+from .output_dir import TRACKING_DIR
+
 # transformers' `report_to` values that Accelerate has trackers for; "all": those of them installed.
 ReportTo = Literal["none", "tensorboard", "wandb", "mlflow", "all"]
 REPORT_TO: tuple[str, ...] = get_args(ReportTo)
@@ -43,7 +45,7 @@ def tracker_names(report_to: str) -> list[str]:
 
 def logging_dir(output_dir: str) -> str:
     """Where local trackers (TensorBoard) write: `<output_dir>/runs`, as transformers' `Trainer` does."""
-    return os.path.join(output_dir, "runs")
+    return os.path.join(output_dir, TRACKING_DIR)
 
 
 def start_tracking(accelerator: Accelerator, args, config) -> bool:

@@ -8,7 +8,6 @@ import inspect
 import json
 import logging
 import math
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,14 +21,9 @@ from ..fingerprint import fingerprint as weights_fingerprint
 from ..locks import file_lock
 from ..towers import Tower
 from .common import _check_skip_layers, _device_of, human_bytes
+from .disk import COMPLETE_FILE, META_FILE, NUMPY_STORAGE, STATES_FILE, allocate_states, reuse_problem, write_states
 
 logger = logging.getLogger(__name__)
-
-_STATES_FILE = "states.npy"
-_META_FILE = "meta.json"
-_COMPLETE_FILE = "complete"
-# numpy has no bfloat16: such states are stored as their raw 16-bit patterns.
-_NUMPY_STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16}
 
 
 def _indices_digest(indices: torch.Tensor) -> str:
@@ -196,8 +190,8 @@ class ImageCache:
                 `peft_skip.data.workers.ordered_map`); 0 calls it in this process.
         """
         _check_skip_layers(tower, skip_layers)
-        if dtype not in _NUMPY_STORAGE:
-            raise ValueError(f"dtype must be one of {list(_NUMPY_STORAGE)}, got {dtype}.")
+        if dtype not in NUMPY_STORAGE:
+            raise ValueError(f"dtype must be one of {list(NUMPY_STORAGE)}, got {dtype}.")
         if views < 1 or batch_size < 1 or num_images < 1:
             raise ValueError(
                 f"views, batch_size and num_images must be at least 1, got {views}, {batch_size}, {num_images}."
@@ -229,23 +223,23 @@ class ImageCache:
         if cache_dir is not None:
             shard = "all" if len(indices) == num_images else f"shard-{key['indices']}"
             path = Path(cache_dir) / shard
-            reason = _reuse_problem(path, key)
+            reason = reuse_problem(path, key)
             if reason is None:
-                states = np.load(path / _STATES_FILE, mmap_mode="r")
+                states = np.load(path / STATES_FILE, mmap_mode="r")
                 logger.info(f"Reusing the image cache at {path} ({human_bytes(states.nbytes)}).")
                 return cls(states, indices, num_images, dtype, key, path)
             logger.info(f"Building the image cache at {path}: {reason}.")
-            if path.exists() and any(path.iterdir()) and not (path / _META_FILE).is_file():
+            if path.exists() and any(path.iterdir()) and not (path / META_FILE).is_file():
                 raise FileExistsError(
-                    f"{path} exists but is not an image cache peft-skip wrote (no {_META_FILE}); move it away or "
+                    f"{path} exists but is not an image cache peft-skip wrote (no {META_FILE}); move it away or "
                     "choose another --cache-dir."
                 )
             # The marker goes first so that a build interrupted from now on is never taken for a complete one.
-            (path / _COMPLETE_FILE).unlink(missing_ok=True)
+            (path / COMPLETE_FILE).unlink(missing_ok=True)
             if path.exists():
                 shutil.rmtree(path)
             path.mkdir(parents=True)
-            (path / _META_FILE).write_text(json.dumps(key, indent=1))
+            (path / META_FILE).write_text(json.dumps(key, indent=1))
 
         device = _device_of(tower)
         batches = indices.split(batch_size)
@@ -264,61 +258,18 @@ class ImageCache:
             hidden = tower.embed(**tower.image_inputs(pixel_values))
             hidden = tower.run_layers(hidden, 0, skip_layers).to(dtype).cpu()
             if states is None:
-                states = _allocate(path, (views, len(indices), *hidden.shape[1:]), dtype)
+                states = allocate_states(path, (views, len(indices), *hidden.shape[1:]), dtype)
                 nbytes = math.prod(states.shape) * hidden.element_size()
                 where = f"on disk at {path}" if path else "in memory"
                 logger.info(
                     f"Image cache: {views} view(s) x {len(indices)} images x {hidden.shape[1]} tokens x "
                     f"{hidden.shape[2]} ({dtype}) = {human_bytes(nbytes)} {where}."
                 )
-            _write(states, view, slice(start, start + len(batch)), hidden, dtype)
+            write_states(states, view, slice(start, start + len(batch)), hidden, dtype)
             bar.update()
         bar.close()
         if path is not None:
             states.flush()
-            (path / _COMPLETE_FILE).write_text("complete\n")
-            states = np.load(path / _STATES_FILE, mmap_mode="r")
+            (path / COMPLETE_FILE).write_text("complete\n")
+            states = np.load(path / STATES_FILE, mmap_mode="r")
         return cls(states, indices, num_images, dtype, key, path)
-
-
-def _reuse_problem(path: Path, key: dict) -> str | None:
-    """Why the cache at `path` cannot serve `key`, or `None` if it can."""
-    if not path.exists():
-        return "no cache there yet"
-    if not (path / _COMPLETE_FILE).exists() or not (path / _META_FILE).exists():
-        return "the cache there is incomplete (an interrupted build)"
-    stored = json.loads((path / _META_FILE).read_text())
-    # Exact comparison, also of the weights' fingerprint: the states must be those the current model computes.
-    differing = sorted(name for name in key if stored.get(name) != key[name])
-    if differing:
-        return f"it was built from other inputs ({', '.join(differing)} differ)"
-    return None
-
-
-def _allocate(path: Path | None, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | np.ndarray:
-    if path is None:
-        return torch.empty(shape, dtype=dtype)
-    states = np.lib.format.open_memmap(path / _STATES_FILE, mode="w+", dtype=_NUMPY_STORAGE[dtype], shape=shape)
-    # The file is sparse until written; on a full disk a write through the memory map is a SIGBUS, so the space is
-    # reserved now, where a full disk is an ordinary error.
-    size = os.path.getsize(path / _STATES_FILE)
-    try:
-        with open(path / _STATES_FILE, "r+b") as f:
-            os.posix_fallocate(f.fileno(), 0, size)
-    except OSError as error:
-        del states
-        shutil.rmtree(path, ignore_errors=True)
-        raise OSError(
-            f"Not enough disk space for the image cache at {path} ({human_bytes(size)} needed: {error.strerror}); "
-            "free space, choose another --cache-dir, or leave it unset (in memory)."
-        ) from None
-    return states
-
-
-def _write(
-    states: torch.Tensor | np.ndarray, view: int, rows: slice, hidden: torch.Tensor, dtype: torch.dtype
-) -> None:
-    if isinstance(states, torch.Tensor):
-        states[view, rows] = hidden
-    else:
-        states[view, rows] = (hidden.view(torch.int16) if dtype == torch.bfloat16 else hidden).numpy()
