@@ -5,7 +5,7 @@ from setuptools import find_packages, setup
 
 # The tested ranges of the Hugging Face stack, declared once: `import peft_skip` refuses anything outside them.
 HERE = os.path.dirname(os.path.abspath(__file__))
-TESTED = runpy.run_path(os.path.join(HERE, "src", "peft_skip", "versions.py"))["TESTED"]
+TESTED = runpy.run_path(os.path.join(HERE, "src", "peft_skip", "tuner", "versions.py"))["TESTED"]
 
 setup(
     name="peft-skip",
@@ -18,7 +18,7 @@ setup(
     package_data={
         # Metric modules that `evaluate.load` reads from a directory: not packages, so listed as data.
         "peft_skip.metrics": ["base_new_accuracy/*.py"],
-        # The CLIP pretrained here on the captioned world (`peft_skip.pretrain.world_clip_path()`).
+        # The CLIP pretrained here on the captioned world (`peft_skip.offline.pretrain.world_clip_path()`).
         "peft_skip": ["assets/world-clip/*"],
     },
     python_requires=">=3.10",
@@ -26,7 +26,7 @@ setup(
         # CI runs torch 2.13 (constraints.txt); a newer torch pulls several GB of CUDA wheels.
         "torch>=2.13",
         *(f"{name}{spec}" for name, spec in TESTED.items()),
-        "packaging",  # `peft_skip.versions`
+        "packaging",  # `peft_skip.tuner.versions`
         # The adapter file format: peft writes it, `adapter_files.py` checks it before loading.
         "safetensors>=0.4",
         # `peft_skip.metrics`: metric modules that `evaluate.load` reads from the installed package, offline.
@@ -47,5 +47,5 @@ setup(
         "test": ["pytest>=8", "pytest-xdist", "hypothesis", "ruff", "matplotlib", "tensorboard"],
         "bench": ["matplotlib"],
     },
-    entry_points={"console_scripts": ["peft-skip=peft_skip.cli:main"]},
+    entry_points={"console_scripts": ["peft-skip=peft_skip.commands.cli:main"]},
 )

@@ -64,13 +64,13 @@ def main(argv: list[str] | None = None) -> None:
     from peft import get_peft_model
     from transformers import AutoProcessor, CLIPModel
 
-    import peft_skip.cache.image
+    import peft_skip.training.cache.image
     from peft_skip import SkipConfig, get_towers
     from peft_skip.data import ImageTransform, load_image_folder
     from peft_skip.data.augmented import AugmentedImages
     from peft_skip.offline import make_offline_model
-    from peft_skip.trainer import SkipTrainer
-    from peft_skip.training_args import SkipTrainingArguments
+    from peft_skip.training.trainer import SkipTrainer
+    from peft_skip.training.training_args import SkipTrainingArguments
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
 
         # The time the build's loop waits for its next batch of pixels: what the data path costs the model.
         waited = []
-        ordered_map = peft_skip.cache.image.ordered_map
+        ordered_map = peft_skip.training.cache.image.ordered_map
 
         def timed_map(*args, **kwargs):
             pixels = ordered_map(*args, **kwargs)
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
                     return
                 yield batch
 
-        peft_skip.cache.image.ordered_map = timed_map
+        peft_skip.training.cache.image.ordered_map = timed_map
 
         seconds = {"pure forward": [], **{f"build, {w} workers": [] for w in args.workers}}
         reference, waits = None, {}

@@ -135,7 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--ablate-offload",
         action="store_true",
         help="Also run each Skip Tuning method with its idle frozen weights kept on the device (the memory without\n"
-        "peft_skip.offload).",
+        "peft_skip.training.offload).",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmark-results", help="Output directory.")

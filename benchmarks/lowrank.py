@@ -25,12 +25,12 @@ sys.path.insert(0, os.path.join(ROOT, "src"))  # run from a checkout
 
 from world_few_shot import WorldSuiteArguments, run_task  # noqa: E402
 
-from peft_skip.arguments import DataArguments  # noqa: E402
+from peft_skip.commands.arguments import DataArguments  # noqa: E402
+from peft_skip.commands.experiment import load_saved_adapter, test_set  # noqa: E402
 from peft_skip.data import ImageTransform  # noqa: E402
 from peft_skip.data.world_tasks import WORLD_TASK_NAMES  # noqa: E402
-from peft_skip.evaluation import evaluate_protocol  # noqa: E402
-from peft_skip.experiment import load_saved_adapter, test_set  # noqa: E402
-from peft_skip.export import export_lora  # noqa: E402
+from peft_skip.training.evaluation import evaluate_protocol  # noqa: E402
+from peft_skip.tuner.export import export_lora  # noqa: E402
 
 WEIGHTS = "adapter_model.safetensors"
 

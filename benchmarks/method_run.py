@@ -74,7 +74,7 @@ def accuracy(method: Method, pixels: torch.Tensor, labels: torch.Tensor, batch_s
 def evaluate(method: Method, eval_sets: dict[str, dict]) -> dict[str, float | None]:
     """Accuracy on every evaluation set among its own classes (`all`, or `base` and `new`), and for base-to-new
     their harmonic mean `hm`."""
-    from peft_skip.evaluation import harmonic_mean
+    from peft_skip.training.evaluation import harmonic_mean
 
     accuracies = {}
     for name, images in eval_sets.items():

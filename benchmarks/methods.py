@@ -198,7 +198,7 @@ class CoOp(Method):
 class SkipVariant(Method):
     """Skip Tuning and its ablations: deltas on layers >= ω of both towers, with or without caches and CSkip.
 
-    With the cache, a step is `peft_skip.loss.skip_tuning_loss` on cached states at layer ω; without it, the
+    With the cache, a step is `peft_skip.training.loss.skip_tuning_loss` on cached states at layer ω; without it, the
     shallow layers run (without gradients) every step, for every image and for the prompts of the kept classes.
     """
 
@@ -206,7 +206,7 @@ class SkipVariant(Method):
         from peft import get_peft_model
 
         import peft_skip
-        from peft_skip.classes import ClassSelector
+        from peft_skip.training.classes import ClassSelector
 
         self.use_cache, cskip = SKIP_VARIANTS[spec["method"]]
         config = peft_skip.SkipConfig(
@@ -225,7 +225,7 @@ class SkipVariant(Method):
         )
 
     def build_cache(self, clock: Callable[[], float]) -> float | None:
-        from peft_skip.cache import ImageCache, build_text_cache
+        from peft_skip.training.cache import ImageCache, build_text_cache
 
         # The step validates them even when every class is kept, as the trainer does.
         with torch.no_grad(), self.model.disable_adapter():
@@ -249,7 +249,7 @@ class SkipVariant(Method):
         return image_seconds
 
     def loss(self, positions: torch.Tensor) -> torch.Tensor:
-        from peft_skip.loss import skip_tuning_loss
+        from peft_skip.training.loss import skip_tuning_loss
 
         labels = self.workload["train_labels"][positions]
         if self.use_cache:
@@ -275,7 +275,7 @@ class SkipVariant(Method):
 
     def offload(self) -> AbstractContextManager:
         # As the trainer does: the base weights of the deep layers, and with the caches the shallow ones, leave.
-        from peft_skip.offload import FrozenOffload, idle_parameters
+        from peft_skip.training.offload import FrozenOffload, idle_parameters
 
         if not self.spec.get("offload", True):
             return nullcontext()

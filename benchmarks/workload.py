@@ -111,7 +111,7 @@ def build_workload(
     Returns:
         `(workload, facts)`: the tensors every method reads, and what a report says about them.
     """
-    from peft_skip.batches import class_batches
+    from peft_skip.training.batches import class_batches
 
     split, train, synthetic = training_images(data, num_classes, shots, seed)
     if eval_on == "held-out" and synthetic:

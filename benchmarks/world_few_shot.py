@@ -4,8 +4,8 @@
     python benchmarks/world_few_shot.py --base_to_new --out runs/world-b2n
 
 Every task runs `peft-skip train --config examples/world.yaml --data world:<task>` (the README's main job on another
-task), so the numbers are those a user gets; the CLIP is the one pretrained here (`peft_skip.pretrain`), so unlike
-the random-weight models elsewhere its zero-shot accuracy is real. Writes `results.json` and `results.md`.
+task), so the numbers are those a user gets; the CLIP is the one pretrained here (`peft_skip.offline.pretrain`), so
+unlike the random-weight models elsewhere its zero-shot accuracy is real. Writes `results.json` and `results.md`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from transformers import HfArgumentParser
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))  # run from a checkout
 
-from peft_skip.cli import main as peft_skip  # noqa: E402
+from peft_skip.commands.cli import main as peft_skip  # noqa: E402
 from peft_skip.data import split_base_new  # noqa: E402
 from peft_skip.data.world_tasks import WORLD_TASK_NAMES, load_world_task  # noqa: E402
 

@@ -4,8 +4,8 @@
 
 With a real checkpoint, replace the model directory by e.g. "openai/clip-vit-base-patch16" and drop the
 `make_offline_model` call. Several processes:
-    accelerate launch --config_file examples/accelerate_config.yaml -m peft_skip.cli train --model ./clip-tiny \
-        --data digits --shots 4 --skip-layers 2 --epochs 2 --out runs/digits-2proc
+    accelerate launch --config_file examples/accelerate_config.yaml -m peft_skip.commands.cli train \
+        --model ./clip-tiny --data digits --shots 4 --skip-layers 2 --epochs 2 --out runs/digits-2proc
 """
 
 import tempfile

@@ -1,5 +1,6 @@
-"""The layout's rules, checked on the source: no import cycle, peft's tuner internals in two modules, every family's
-module names in one, modules small."""
+"""The layout's rules, checked on the source (docs/architecture.md): every module lives in a room, rooms depend on
+each other one way only, peft's internals are known in `tuner/` only, every family's module names in `towers/` only,
+modules stay small."""
 
 from __future__ import annotations
 
@@ -7,6 +8,21 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "peft_skip"
+
+# Room -> the rooms its modules may import at module level: data flows from the left of this table to the right.
+ROOMS = {
+    "towers": set(),
+    "data": set(),
+    "tuner": {"towers"},
+    "offline": {"data"},
+    "training": {"data", "towers", "tuner"},
+    "protocols": {"data", "offline", "towers", "training", "tuner"},
+    "commands": {"data", "offline", "protocols", "towers", "training", "tuner"},
+}
+# peft's tuner machinery, its registry and enum, transformers' adapter integration: the method's implementation
+# details. peft's public API (get_peft_model, PeftModel, the state-dict helpers) may be used anywhere.
+PEFT_INTERNALS = ("peft.tuners", "BaseTuner", "register_peft_method", "PeftType", "transformers.integrations")
+FAMILY_NAMES = ("vision_model", "text_model", "get_text_features", "get_image_features", "pooler_output")
 
 
 def _modules() -> dict[str, Path]:
@@ -20,12 +36,13 @@ def _modules() -> dict[str, Path]:
     return modules
 
 
-def _module_level_imports(name: str, path: Path) -> set[str]:
-    """Modules of the package that `name` imports when it is imported (not inside functions)."""
+def _imports(name: str, path: Path, module_level: bool = True) -> set[str]:
+    """Modules of the package that `name` imports (at module level only, or anywhere)."""
     package = [p for p in name.split(".") if p]
     package = package if path.name == "__init__.py" else package[:-1]
+    tree = ast.parse(path.read_text())
     found = set()
-    for node in ast.parse(path.read_text()).body:
+    for node in tree.body if module_level else ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level:
             base = package[: len(package) - node.level + 1]
             target = ".".join([*base, *([node.module] if node.module else [])])
@@ -36,8 +53,19 @@ def _module_level_imports(name: str, path: Path) -> set[str]:
 
 def import_graph() -> dict[str, set[str]]:
     """Module -> the package modules it imports at module level (a package's own sub-modules excluded)."""
-    graph = {name: _module_level_imports(name, path) for name, path in _modules().items()}
+    graph = {name: _imports(name, path) for name, path in _modules().items()}
     return {name: {d for d in deps if not name.startswith(d + ".")} for name, deps in graph.items()}
+
+
+def _room(name: str) -> str:
+    return name.split(".")[0]
+
+
+def test_every_module_lives_in_a_room_with_its_own_docstring():
+    top_level = {name for name in _modules() if "." not in name and name and name not in ROOMS}
+    assert top_level == set(), f"modules outside the rooms {sorted(ROOMS)}: {sorted(top_level)}"
+    for room in ROOMS:
+        assert ast.get_docstring(ast.parse((PACKAGE / room / "__init__.py").read_text())), room
 
 
 def test_no_import_cycle():
@@ -54,15 +82,26 @@ def test_no_import_cycle():
         visit(name, (name,))
 
 
-def test_only_model_and_layer_know_peft_tuner_internals():
-    users = {name for name, path in _modules().items() if "peft.tuners" in path.read_text()}
-    assert users == {"layer", "model"}
+def test_rooms_depend_on_each_other_one_way():
+    """Also imports inside functions: a lazy import is still a dependency."""
+    wrong = {
+        (name, dep)
+        for name, path in _modules().items()
+        if name
+        for dep in _imports(name, path, module_level=False)
+        if dep and _room(dep) != _room(name) and _room(dep) not in ROOMS[_room(name)]
+    }
+    assert wrong == set(), f"imports against the table in test_architecture.ROOMS: {sorted(wrong)}"
+
+
+def test_only_the_tuner_knows_peft_internals():
+    users = {name for name, path in _modules().items() if any(n in path.read_text() for n in PEFT_INTERNALS)}
+    assert users and {_room(name) for name in users} == {"tuner"}, users
 
 
 def test_only_towers_knows_module_names_and_feature_outputs():
-    needles = ("vision_model", "text_model", "get_text_features", "get_image_features", "pooler_output")
-    users = {name for name, path in _modules().items() if any(n in path.read_text() for n in needles)}
-    assert users and all(name.split(".")[0] == "towers" for name in users), users
+    users = {name for name, path in _modules().items() if any(n in path.read_text() for n in FAMILY_NAMES)}
+    assert users and {_room(name) for name in users} == {"towers"}, users
 
 
 def test_modules_stay_small():
@@ -71,7 +110,8 @@ def test_modules_stay_small():
 
 
 def test_the_caches_and_the_fingerprint_know_no_tuner_names():
-    """`cache/` keys its states by a generic fingerprint; neither reaches the tuner's modules, even indirectly."""
+    """`training/cache/` keys its states by a generic fingerprint; neither reaches the tuner's modules, even
+    indirectly."""
     graph = import_graph()
 
     def reached(name: str) -> set[str]:
@@ -82,5 +122,6 @@ def test_the_caches_and_the_fingerprint_know_no_tuner_names():
                 todo.append(dep)
         return seen
 
-    for name in ("fingerprint", "cache", "cache.image", "cache.text"):
-        assert not reached(name) & {"layer", "model"}, name
+    caches = [name for name in graph if name.startswith("training.cache")]
+    for name in ["tuner.fingerprint", *caches]:
+        assert not reached(name) & {"tuner.layer", "tuner.model"}, name

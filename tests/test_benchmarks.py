@@ -199,16 +199,23 @@ def test_learning_rate_sweep_picks_the_most_accurate_and_the_smaller_on_a_tie():
     assert sweep.best_learning_rates(points) == {"ft": 1e-3, "skip": 1e-4}
 
 
-def test_world_suite_runs_peft_skip_train_per_task(tmp_path):
-    """Base-to-new on one world task through the README's main job's config, shrunk to 2 shots and 1 epoch."""
-    import world_few_shot
+def _shrunk_world_config(path, test_limit: int) -> dict:
+    """The README's main job's config at `path`, shrunk to 2 shots and 1 epoch, its model path made absolute."""
     import yaml
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     config = yaml.safe_load(open(os.path.join(root, "examples", "world.yaml"), encoding="utf-8"))
     model = os.path.join(root, "examples", config["model"])  # relative to the config file
-    config |= {"model": model, "shots": 2, "num_train_epochs": 1, "test_limit": 20}
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    config |= {"model": model, "shots": 2, "num_train_epochs": 1, "test_limit": test_limit}
+    path.write_text(yaml.safe_dump(config))
+    return config
+
+
+def test_world_suite_runs_peft_skip_train_per_task(tmp_path):
+    """Base-to-new on one world task through the README's main job's config, shrunk to 2 shots and 1 epoch."""
+    import world_few_shot
+
+    config = _shrunk_world_config(tmp_path / "run.yaml", test_limit=20)
     argv = ["--tasks", "lighting", "--base-to-new", "--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path)]
     world_few_shot.main(argv)
     result = json.loads((tmp_path / "results.json").read_text())["results"]["lighting"]
@@ -223,13 +230,8 @@ def test_world_suite_runs_peft_skip_train_per_task(tmp_path):
 def test_lowrank_scores_the_full_delta_and_each_rank(tmp_path):
     """One world task, shrunk to 2 shots and 1 epoch: LoRA at the world CLIP's full rank (128) scores as the delta."""
     import lowrank
-    import yaml
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    config = yaml.safe_load(open(os.path.join(root, "examples", "world.yaml"), encoding="utf-8"))
-    model = os.path.join(root, "examples", config["model"])  # relative to the config file
-    config |= {"model": model, "shots": 2, "num_train_epochs": 1, "test_limit": 40}
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    _shrunk_world_config(tmp_path / "run.yaml", test_limit=40)
     argv = ["--tasks", "lighting", "--ranks", "128", "2", "--config", str(tmp_path / "run.yaml"), "--test_limit", "40"]
     lowrank.main([*argv, "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
     rows = json.loads((tmp_path / "out" / "results.json").read_text())["results"]["lighting"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from peft_skip.versions import TESTED
+from peft_skip.tuner.versions import TESTED
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,14 +23,14 @@ def test_builds_as_a_wheel_with_the_console_script(tmp_path):
     )
     (wheel,) = tmp_path.glob("peft_skip-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert {"peft_skip/__init__.py", "peft_skip/model.py", "peft_skip/layer.py"} <= set(names)
+    assert {"peft_skip/__init__.py", "peft_skip/tuner/model.py", "peft_skip/tuner/layer.py"} <= set(names)
     # The metric module is package data (evaluate.load reads it from its directory).
     assert "peft_skip/metrics/base_new_accuracy/base_new_accuracy.py" in names
     assert "peft_skip/data/__init__.py" in names
     # The pretrained world CLIP ships as package data.
     assert {"peft_skip/assets/world-clip/config.json", "peft_skip/assets/world-clip/model.safetensors"} <= set(names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "peft-skip = peft_skip.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "peft-skip = peft_skip.commands.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
     # setup.py requires exactly the ranges `import peft_skip` checks.
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     prefix = "Requires-Dist: "

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import yaml
 
-from peft_skip.arguments import DataArguments, ModelArguments
-from peft_skip.config import SkipConfig
-from peft_skip.experiment import train_and_evaluate
-from peft_skip.pretrain import world_clip_path
-from peft_skip.training_args import SkipTrainingArguments
+from peft_skip.commands.arguments import DataArguments, ModelArguments
+from peft_skip.commands.experiment import train_and_evaluate
+from peft_skip.offline.pretrain import world_clip_path
+from peft_skip.training.training_args import SkipTrainingArguments
+from peft_skip.tuner.config import SkipConfig
 
 
 def test_few_shot_skip_tuning_beats_zero_shot(tmp_path):
@@ -39,7 +39,7 @@ def test_few_shot_skip_tuning_beats_zero_shot(tmp_path):
 
 
 def test_the_readme_recipe_names_real_options():
-    from peft_skip.cli import _build
+    from peft_skip.commands.cli import _build
 
     with open(Path(__file__).resolve().parents[1] / "examples" / "world.yaml", encoding="utf-8") as f:
         options = yaml.safe_load(f)

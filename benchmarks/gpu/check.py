@@ -114,7 +114,7 @@ def cost_table(args: argparse.Namespace, work: str) -> dict:
     """`compare.py` on a base-to-new cell, and each method's whole recipe extrapolated from its timed steps."""
     import compare
 
-    from peft_skip.recipes import reference_recipe
+    from peft_skip.training.recipes import reference_recipe
 
     recipe = reference_recipe("base_to_new")
     if args.tiny:

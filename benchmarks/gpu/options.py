@@ -88,7 +88,7 @@ def step_variant(model_dir: str, variant: tuple, setup: dict, device: torch.devi
 
     from peft_skip import SkipConfig, get_towers
     from peft_skip.data.augmented import seeded_generator
-    from peft_skip.loss import SkipTuningStep
+    from peft_skip.training.loss import SkipTuningStep
 
     name, attention, autocast, on_device, compile_mode = variant
     clip = CLIPModel.from_pretrained(model_dir, attn_implementation=attention).to(device)
@@ -141,8 +141,8 @@ def measure(args: argparse.Namespace, work: str) -> dict:
     from transformers import AutoProcessor, CLIPModel
 
     from peft_skip import ImageCache, get_towers, tokenize_classes
-    from peft_skip.batches import class_batches
     from peft_skip.offline import make_offline_model
+    from peft_skip.training.batches import class_batches
 
     device = torch.device(args.device)
     classes, shots = (6, 4) if args.tiny else (50, 16)

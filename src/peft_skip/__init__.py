@@ -4,25 +4,25 @@ Importing this package registers peft type `SKIP`, so `get_peft_model(model, Ski
 `PeftConfig.from_pretrained` and `PeftModel.from_pretrained` work. Import it before loading a Skip Tuning adapter.
 """
 
-from .versions import check_versions
+from .tuner.versions import check_versions
 
 check_versions()  # before peft's enum and transformers' `load_adapter` are patched
 
-from .model import register  # noqa: E402
+from .tuner.model import register  # noqa: E402
 
 register()
 
-from .cache import ImageCache, TextCache, build_text_cache  # noqa: E402
-from .classes import ClassSelector, keep_count, rank_keep_probabilities  # noqa: E402
-from .config import SkipConfig  # noqa: E402
-from .evaluation import evaluate_accuracy, evaluate_protocol, tokenize_classes  # noqa: E402
-from .hf_trainer import SkipHFTrainer  # noqa: E402
-from .hub import push_to_hub  # noqa: E402
-from .loss import drop_tokens, skip_tuning_loss  # noqa: E402
-from .model import SkipModel  # noqa: E402
 from .towers import Tower, Towers, get_towers  # noqa: E402
-from .trainer import SkipTrainer  # noqa: E402
-from .training_args import SkipTrainingArguments  # noqa: E402
+from .training.cache import ImageCache, TextCache, build_text_cache  # noqa: E402
+from .training.classes import ClassSelector, keep_count, rank_keep_probabilities  # noqa: E402
+from .training.evaluation import evaluate_accuracy, evaluate_protocol, tokenize_classes  # noqa: E402
+from .training.hf_trainer import SkipHFTrainer  # noqa: E402
+from .training.loss import drop_tokens, skip_tuning_loss  # noqa: E402
+from .training.trainer import SkipTrainer  # noqa: E402
+from .training.training_args import SkipTrainingArguments  # noqa: E402
+from .tuner.config import SkipConfig  # noqa: E402
+from .tuner.hub import push_to_hub  # noqa: E402
+from .tuner.model import SkipModel  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [

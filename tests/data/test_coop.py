@@ -15,7 +15,7 @@ from peft_skip.data.coop import COOP_DATASETS, coop_folder, coop_splits, load_co
 from peft_skip.data.coop_fewshot import coop_few_shot, few_shot_file, sample_train_val
 from peft_skip.data.coop_splits import clean_class_name
 from peft_skip.data.splits import few_shot_indices, split_base_new, subset_classes
-from peft_skip.recipes import REFERENCE_DATASETS
+from peft_skip.training.recipes import REFERENCE_DATASETS
 
 DOCS = "docs/reproducing.md#datasets"
 IMAGENET_NAMES = ["tench", "goldfish", "great white shark", "tiger shark"]

@@ -107,7 +107,7 @@ def test_dassl_decoding_converts_only(tmp_path):
 
 
 def test_paper_datasets_decode_as_dassl():
-    from peft_skip.arguments import DataArguments
+    from peft_skip.commands.arguments import DataArguments
 
     assert DataArguments("eurosat").resolved_decoding() == "dassl"
     assert DataArguments("fashion-mnist").resolved_decoding() == "robust"

@@ -9,8 +9,8 @@ from pathlib import Path
 import evaluate
 import pytest
 
-from peft_skip.evaluation import harmonic_mean
 from peft_skip.metrics import base_new_accuracy_path
+from peft_skip.training.evaluation import harmonic_mean
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ ImageNet-V2 names folders `0`..`999` by label. ImageNet-Sketch, -A and -R label 
 and -R (200 folders each) get 200 labels, with the names of those ImageNet classes.
 
 Image files are listed sorted by name; CoOp keeps `os.listdir` order, which depends on the file system (see
-`peft_skip.recipes`).
+`peft_skip.training.recipes`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ An `evaluate` metric module: load it with `evaluate.load(peft_skip.metrics.base_
 
 Self-contained on purpose: `evaluate.load` copies this file into its own module cache and imports it there, as a
 standalone script, so it cannot import the package relatively, and importing `peft_skip` would tie a copied metric to
-whichever version is installed later. Its harmonic mean is `peft_skip.evaluation.harmonic_mean`, restated;
+whichever version is installed later. Its harmonic mean is `peft_skip.training.evaluation.harmonic_mean`, restated;
 tests/metrics/test_base_new_accuracy.py checks that the two agree.
 """
 

@@ -1,0 +1,223 @@
+"""A run's state on disk: --resume continues only the same run, one run at a time per --out, a used --out is
+never inherited, an unusable --out or a damaged checkpoint fails at once in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from synthetic_images import write_folder
+
+import peft_skip  # noqa: F401
+from peft_skip.commands.cli import main
+from peft_skip.training import run_state, trainer
+from peft_skip.training.output_dir import LOCK_FILE, claim_output_dir
+
+FAST = ["--shots", "4", "--skip-layers", "2", "--test-limit", "8", "--no-progress", "--lr", "1e-3", "--epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> tuple[str, str]:
+    root = tmp_path_factory.mktemp("models")
+    paths = str(root / "tiny"), str(root / "other")
+    assert main(["make-offline-model", "--out", paths[0], "--arch", "tiny"]) == 0
+    assert main(["make-offline-model", "--out", paths[1], "--arch", "tiny", "--seed", "1"]) == 0
+    return paths
+
+
+@pytest.fixture
+def folder(tmp_path):
+    write_folder(tmp_path / "images", {"circle": 6, "square": 6, "cross": 6})
+    return tmp_path / "images"
+
+
+def _train(model, data, out, *extra) -> int:
+    return main(["train", "--model", model, "--data", str(data), *FAST, "--out", str(out), *extra])
+
+
+def _last_line(capsys) -> str:
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return captured.err.strip().splitlines()[-1]
+
+
+def _rewrite(path) -> None:
+    import PIL.Image
+
+    PIL.Image.new("RGB", (12, 10), (200, 100, 50)).save(path)
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (lambda f, m: ["--model", m[1]], "base model weights"),
+        (lambda f, m: ["--data", "digits"], "data"),
+        (lambda f, m: (_rewrite(f / "circle" / "img_00.png"), [])[1], "data"),
+        (lambda f, m: ["--shots", "3"], "training.shots"),
+        (lambda f, m: ["--class-ratio", "0.9"], "method.class_ratio"),
+        (lambda f, m: ["--skip-layers", "1"], "method.skip_layers"),
+        (lambda f, m: ["--template", "a drawing of a {}."], "prompts"),
+    ],
+    ids=["model", "data", "image-contents", "few-shot-sample", "class-ratio", "skip-layers", "template"],
+)
+def test_resume_names_what_differs_before_any_work(models, folder, tmp_path, capsys, change, field):
+    assert _train(models[0], folder, tmp_path / "run") == 0
+    capsys.readouterr()
+    extra = change(folder, models)
+    args = ["train", "--model", models[0], "--data", str(folder), *FAST, "--out", str(tmp_path / "run")]
+    code = main([*args, *extra, "--resume"])
+    captured = capsys.readouterr()
+    assert code == 2
+    line = captured.err.strip().splitlines()[-1]
+    assert "Cannot resume from" in line and f"{field}: saved" in line, line
+    assert "zero-shot accuracy" not in captured.out  # refused before the evaluation
+
+
+def test_a_new_run_into_a_used_out_neither_loses_its_checkpoints_nor_resumes_anothers(
+    models, folder, tmp_path, monkeypatch
+):
+    out = tmp_path / "run"
+    assert _train(models[0], folder, out, "--epochs", "3") == 0
+    assert os.listdir(out / "checkpoints") == ["epoch-0003"]
+
+    def killed_after_the_first_checkpoint(*args, **kwargs):
+        save_checkpoint(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    # A new run (another seed) killed after its first epoch: it once pruned its own epoch-0001 and kept the earlier
+    # run's epoch-0003, which --resume then took.
+    save_checkpoint = trainer.save_checkpoint
+    monkeypatch.setattr(trainer, "save_checkpoint", killed_after_the_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        _train(models[0], folder, out, "--seed", "7", "--epochs", "3")
+    monkeypatch.undo()
+    assert os.listdir(out / "checkpoints") == ["epoch-0001"]
+    assert _train(models[0], folder, out, "--seed", "7", "--epochs", "3", "--resume") == 0
+    assert json.loads((out / "metrics.json").read_text())["resumed_from_epoch"] == 1
+    state = torch.load(out / "checkpoints" / "epoch-0003" / run_state.TRAINER_STATE, weights_only=True)
+    assert state["identity"]["training.seed"] == 7
+
+
+def test_checkpoints_are_ordered_by_epoch_not_name(tmp_path):
+    for name in ["epoch-9999", "epoch-10000", "epoch-0002", "epoch-0003.tmp", "epoch-0004.old.tmp"]:
+        os.makedirs(tmp_path / "checkpoints" / name)
+        (tmp_path / "checkpoints" / name / run_state.TRAINER_STATE).touch()
+    os.makedirs(tmp_path / "checkpoints" / "epoch-0001")  # the user's: no trainer state of ours
+    assert [os.path.basename(p) for p in run_state.list_checkpoints(str(tmp_path))] == [
+        "epoch-0002",
+        "epoch-9999",
+        "epoch-10000",
+    ]
+
+
+def _hold_lock(path) -> subprocess.Popen:
+    code = (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); f.write('4242'); "
+        "f.flush(); print('held', flush=True); time.sleep(120)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_one_run_at_a_time_per_out_and_a_killed_run_leaves_no_lock(models, folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    with claim_output_dir(str(out)):  # a directory of peft-skip's, as a running run leaves it
+        pass
+    holder = _hold_lock(out / LOCK_FILE)
+    try:
+        assert _train(models[0], folder, out) == 2
+        captured = capsys.readouterr()
+        assert "is in use by another process (pid 4242)" in captured.err.strip().splitlines()[-1]
+        assert "zero-shot" not in captured.out
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert _train(models[0], folder, out) == 0  # the OS released the dead process's lock
+
+
+def test_an_unusable_out_fails_before_any_work(models, folder, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a directory")
+    assert _train(models[0], folder, tmp_path / "file") == 2
+    captured = capsys.readouterr()
+    assert "is a file; give a directory" in captured.err and "zero-shot" not in captured.out
+    # sysfs refuses new entries, even to root (a chmod'ed directory would not stop root).
+    assert _train(models[0], folder, "/sys/peft-skip-test-out") == 2
+    captured = capsys.readouterr()
+    assert "Cannot write to --out /sys/peft-skip-test-out" in captured.err and "zero-shot" not in captured.out
+
+
+def test_a_truncated_trainer_state_is_one_clear_line(models, folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(models[0], folder, out) == 0
+    state = out / "checkpoints" / "epoch-0001" / run_state.TRAINER_STATE
+    state.write_bytes(state.read_bytes()[:200])
+    capsys.readouterr()
+    assert _train(models[0], folder, out, "--resume") == 2
+    line = _last_line(capsys)
+    assert f"{state} is missing, truncated or corrupt" in line and "delete" in line
+
+
+def test_resume_applies_every_load_check_before_the_zero_shot_evaluation(models, folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(models[0], folder, out) == 0
+    weights = out / "checkpoints" / "epoch-0001" / "adapter_model.safetensors"
+    intact = weights.read_bytes()
+    for damage, message in [(intact[:-100], "corrupt or truncated"), (intact[:-4] + b"\0\0\0\1", "sha256 differs")]:
+        weights.write_bytes(damage)
+        capsys.readouterr()
+        assert _train(models[0], folder, out, "--resume") == 2
+        captured = capsys.readouterr()
+        assert "Cannot resume from" in captured.err and message in captured.err.strip().splitlines()[-1]
+        assert "zero-shot" not in captured.out
+
+
+def test_a_full_disk_inside_a_checkpoint_save_is_one_clear_line(models, folder, tmp_path, capsys, monkeypatch):
+    def full(*args, **kwargs):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(run_state.torch, "save", full)
+    assert _train(models[0], folder, tmp_path / "run") == 2
+    line = _last_line(capsys)
+    assert "Could not write checkpoint" in line and "file write failed" in line and "--resume" in line
+    assert not (tmp_path / "run" / "checkpoints" / "epoch-0001").exists()
+
+
+def test_a_lock_waits_for_its_holder_and_reports_busy_otherwise(tmp_path):
+    from peft_skip.training.locks import BusyError, file_lock
+
+    holder = _hold_lock(tmp_path / "x.lock")
+    with pytest.raises(BusyError, match=r"the thing is in use by another process \(pid 4242\)"):
+        with file_lock(tmp_path / "x.lock", "the thing"):
+            pass
+    started = time.monotonic()
+    subprocess.Popen(["sh", "-c", f"sleep 1; kill -9 {holder.pid}"])
+    with file_lock(tmp_path / "x.lock", "the thing", wait=True):
+        assert time.monotonic() - started > 0.5
+        with file_lock(tmp_path / "x.lock", "the thing"):  # re-entrant in one process
+            pass
+    holder.wait()
+
+
+def test_a_lock_that_is_a_link_is_refused_and_its_target_kept(models, folder, tmp_path, capsys):
+    from peft_skip.training.locks import file_lock
+
+    target = tmp_path / "precious.txt"
+    target.write_text("precious\n")
+    (tmp_path / "x.lock").symlink_to(target)
+    with pytest.raises(OSError, match="is a symbolic link"):
+        with file_lock(tmp_path / "x.lock", "the thing"):
+            pass
+    out = tmp_path / "run"
+    assert _train(models[0], folder, out) == 0
+    (out / LOCK_FILE).unlink()
+    (out / LOCK_FILE).symlink_to(target)
+    assert _train(models[0], folder, out) == 2
+    assert "is a symbolic link" in _last_line(capsys)
+    assert target.read_text() == "precious\n"
