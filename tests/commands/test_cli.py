@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -231,7 +232,7 @@ def test_the_main_job_runs_from_another_directory(tmp_path, monkeypatch):
     working directory, shrunk; the adapter records the base by its absolute path."""
     from peft_skip.offline.pretrain import world_clip_path
 
-    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "world.yaml")
+    config = str(Path(__file__).resolve().parents[2] / "examples" / "world.yaml")
     monkeypatch.chdir(tmp_path)
     small = ["--shots", "1", "--epochs", "1", "--test-limit", "20", "--no-progress", "--dataloader_num_workers", "0"]
     assert main(["train", "--config", config, *small, "--out", "run"]) == 0
