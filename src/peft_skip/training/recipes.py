@@ -15,7 +15,8 @@ Every value was read from the authors' repository (Koorye/SkipTuning): `configs/
 
 Where this project departs from the reference on purpose (CSkip's labels and float32 ranking, float32 logits for the
 loss, seeded random streams, file order, JSON few-shot files) is listed once, in docs/training.md ("Deliberate
-deviations from the authors' code"); `tests/test_reference.py` checks the rest against the authors' step and loop.
+deviations from the authors' code"); `tests/training/test_reference.py` checks the rest against the authors' step and
+loop.
 """
 
 from __future__ import annotations
