@@ -1,1 +1,1 @@
-"""The paper's protocols: evaluation (accuracy, base / new / HM), the benchmark runner and its report."""
+"""The paper's protocols: the benchmark runner over (dataset, seed) cells and its report."""

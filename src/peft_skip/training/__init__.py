@@ -1,1 +1,1 @@
-"""The training engine: the LSkip caches, CSkip, the step, the loop, the paper's recipes, run state."""
+"""The training engine: the LSkip caches, CSkip, the step, the loops, evaluation, the paper's recipes, run state."""
