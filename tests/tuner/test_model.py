@@ -95,7 +95,8 @@ def _held_bytes() -> int:
     gc.collect()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # isinstance on torch's deprecated module attributes warns
-        tensors = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
+        # Plain tensors only: fake or functional tensors (left by torch.compile elsewhere) have no storage to count.
+        tensors = [obj for obj in gc.get_objects() if type(obj) in (torch.Tensor, torch.nn.Parameter)]
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
     return sum(storages.values())
 
