@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 from transformers import CLIPConfig
@@ -13,6 +15,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import cache_build  # noqa: E402
 import compare  # noqa: E402
+import method_run  # noqa: E402
 import seeds_table  # noqa: E402
 import sweep  # noqa: E402
 import torch  # noqa: E402
@@ -66,7 +69,42 @@ def test_drift_measures():
         update_drift(reference, {"a": torch.zeros(2)})
 
 
-def test_compare_smoke(tmp_path):
+class _PoolHere:
+    """`multiprocessing.get_context("spawn").Pool(1)` that applies in this process."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return False
+
+    def apply(self, function, args):
+        return function(*args)
+
+
+@pytest.fixture
+def methods_in_process(monkeypatch):
+    """compare.py's preparation and per-method runs in this process: their own processes only keep one run's peak
+    memory out of another's, which these tests do not compare, and each costs seconds of imports."""
+    real_run = subprocess.run
+
+    def run(argv, **kwargs):
+        if os.path.basename(argv[1]) != "method_run.py":
+            return real_run(argv, **kwargs)
+        threads = torch.get_num_threads()
+        monkeypatch.setattr(sys, "argv", argv[1:])
+        try:
+            method_run.main()
+        finally:
+            torch.set_num_threads(threads)
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(compare.subprocess, "run", run)
+    here = SimpleNamespace(Pool=lambda processes: _PoolHere())
+    monkeypatch.setattr(compare.multiprocessing, "get_context", lambda method: here)
+
+
+def test_compare_smoke(tmp_path, methods_in_process):
     """Two methods on a 4-layer CLIP, 12 classes (2 of them synthesised), one step per epoch, also in bf16 and
     with the frozen weights kept."""
     out = tmp_path / "out"
@@ -126,7 +164,7 @@ def test_learning_rates_take_a_default_and_per_method_values(capsys):
     assert "unknown methods ['fft']" in capsys.readouterr().err
 
 
-def test_compare_base_to_new_trains_on_base_and_scores_both(tmp_path):
+def test_compare_base_to_new_trains_on_base_and_scores_both(tmp_path, methods_in_process):
     """CoOp's learned context and Skip Tuning's deltas are scored on classes they never trained on; every method
     has its own learning rate."""
     out = tmp_path / "out"
@@ -289,7 +327,7 @@ def test_profile_step_smoke(monkeypatch, capsys):
     assert "Self CPU time total" in capsys.readouterr().out
 
 
-def test_gpu_check_rehearsal_on_the_cpu(tmp_path):
+def test_gpu_check_rehearsal_on_the_cpu(tmp_path, methods_in_process):
     """benchmarks/gpu/check.py --device cpu --tiny: every section of the GPU check runs and reports, so that the run
     on the GPU machine is not its first."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "gpu"))

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from transformers import CLIPModel
 
 import peft_skip  # noqa: F401
+from peft_skip.commands import experiment
 from peft_skip.commands.cli import main
 from peft_skip.training import run_state, trainer
 
@@ -281,3 +282,30 @@ def test_one_benchmark_at_a_time_per_out(tmp_path, monkeypatch):
         thread.join()
     assert len(errors) == 1 and "the benchmark directory" in errors[0] and "is in use" in errors[0]
     assert protocols.run_benchmark(args, {}) == {"cells": []}
+
+
+def test_non_finite_tuned_logits_stop_the_run_before_the_adapter_is_saved(tiny_model, tmp_path, monkeypatch, capsys):
+    """Finite weights can still overflow in evaluation: that run saves no adapter and reports no accuracy."""
+    calls, evaluate_protocol = [], experiment.evaluate_protocol
+
+    def tuned_model_overflows(model, *args, **kwargs):
+        calls.append(model)
+        if len(calls) == 1:  # the zero-shot evaluation
+            return evaluate_protocol(model, *args, **kwargs)
+        overflow = model.get_base_model().visual_projection.register_forward_hook(
+            lambda module, inputs, output: torch.full_like(output, float("inf"))
+        )
+        try:
+            return evaluate_protocol(model, *args, **kwargs)
+        finally:
+            overflow.remove()
+
+    monkeypatch.setattr(experiment, "evaluate_protocol", tuned_model_overflows)
+    assert _train(tiny_model, tmp_path, "--epochs", "1") == 1
+    captured = capsys.readouterr()
+    assert len(calls) == 2
+    message = captured.out.strip().splitlines()[-1]
+    assert message.startswith("error: Non-finite logits") and message.endswith("The tuned adapter was not saved.")
+    assert "Skip Tuning accuracy" not in captured.out
+    for name in ("adapter_model.safetensors", "adapter_config.json", "metrics.json"):
+        assert not (tmp_path / name).exists(), name

@@ -25,6 +25,7 @@ from ..data import (
 from ..data.splits import check_same_classes, check_shots
 from ..offline import has_random_weights
 from ..training.evaluation import evaluate_protocol, summary, tokenize_classes
+from ..training.finite import NonFiniteLossError
 from ..training.output_dir import CARD_NAME, check_out_apart, claim_output_dir, may_write
 from ..training.precision import to_reference_fp16
 from ..training.preflight import check_images_readable, check_launch
@@ -82,7 +83,8 @@ def train_and_evaluate(
         `dict`: The metrics (also in `output_dir/metrics.json`).
 
     Raises:
-        NonFiniteLossError: The loss became NaN or infinite; the last good checkpoint is kept.
+        NonFiniteLossError: The loss, a gradient, a weight or the tuned model's evaluation logits became NaN or
+            infinite; no adapter is saved, the last good checkpoint is kept.
     """
     check_launch()
     spec = data.data.removeprefix("imagefolder:").removeprefix("hf:")
@@ -158,12 +160,16 @@ def _train_and_evaluate(
     say(f"zero-shot accuracy (base model): {summary(zero_shot)}")
     accelerator.log(eval_scalars(zero_shot), step=0)
     with torch.autograd.set_detect_anomaly(training.detect_anomaly):
-        result = trainer.train()
+        result = trainer.train(save_final=False)
     say(
         f"image cache: {result.cache_bytes / 2**20:.1f} MiB per process, built in {result.cache_seconds:.1f} s in "
         f"total; training {result.train_seconds:.1f} s"
     )
-    tuned = evaluate()
+    try:
+        tuned = evaluate()
+    except FloatingPointError as error:  # finite weights can still overflow: stop before saving them as a result
+        raise NonFiniteLossError(f"{error} The tuned adapter was not saved.") from None
+    trainer.save_model()
     accelerator.log(eval_scalars(tuned), step=training.num_train_epochs)
     say(f"zero-shot accuracy (base model): {summary(zero_shot)}")
     say(f"Skip Tuning accuracy:            {summary(tuned)}")

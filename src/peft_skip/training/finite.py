@@ -10,8 +10,8 @@ from torch import nn
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss, a gradient or a trained weight became NaN or infinite; training stopped before saving, and the last
-    good checkpoint was kept."""
+    """The loss, a gradient, a trained weight or an evaluation logit of the tuned model became NaN or infinite; the run
+    stopped before saving its adapter, and the last good checkpoint was kept."""
 
 
 def non_finite_error(what: str, output_dir: str, epoch: int, step: int | None = None) -> NonFiniteLossError:

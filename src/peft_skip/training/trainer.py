@@ -138,12 +138,14 @@ class SkipTrainer:
         identity = run_identity(self.args, self.config, self.train_set, self.prompts)
         check_resumable(self.args.output_dir, identity, self.model)
 
-    def train(self, resume_from_checkpoint: bool | None = None) -> TrainResult:
+    def train(self, resume_from_checkpoint: bool | None = None, save_final: bool = True) -> TrainResult:
         """Runs the training and saves the adapter to `args.output_dir`.
 
         Args:
             resume_from_checkpoint (`bool`, *optional*): Continue from the latest checkpoint in `output_dir` (loses
                 at most the epoch that was running); defaults to `args.resume_from_checkpoint`.
+            save_final (`bool`): Save the adapter at the end; `False` leaves it to `save_model()`, for a caller that
+                first checks the tuned model (its evaluation logits) so that a broken result is never saved.
 
         Raises:
             NonFiniteLossError: The loss became NaN or infinite; the last good checkpoint is kept.
@@ -151,7 +153,18 @@ class SkipTrainer:
         """
         args = self.args
         with claim_output_dir(args.output_dir, self.accelerator.is_main_process, args.overwrite_output_dir):
-            return self._train(resume_from_checkpoint)
+            result = self._train(resume_from_checkpoint)
+            if save_final:
+                self.save_model()
+            return result
+
+    def save_model(self) -> None:
+        """Saves the adapter to `args.output_dir` (main process; the others wait), refusing non-finite deltas."""
+        args = self.args
+        with claim_output_dir(args.output_dir, self.accelerator.is_main_process, args.overwrite_output_dir):
+            if self.accelerator.is_main_process:
+                save_adapter(self.model, args.output_dir)
+            self.accelerator.wait_for_everyone()
 
     def _train(self, resume_from_checkpoint: bool | None) -> TrainResult:
         args, accelerator = self.args, self.accelerator
@@ -220,9 +233,6 @@ class SkipTrainer:
             accelerator.wait_for_everyone()
         bar.close()
         result.train_seconds = time.perf_counter() - started
-        if accelerator.is_main_process:
-            save_adapter(self.model, args.output_dir)
-        accelerator.wait_for_everyone()
         if tracking:
             accelerator.end_training()
         return result
