@@ -136,9 +136,9 @@ def test_detect_anomaly_is_on_during_training(tiny_model, tmp_path, monkeypatch)
     seen = []
     original = trainer.SkipTrainer.train
 
-    def spy(self, resume_from_checkpoint=None):
+    def spy(self, *args, **kwargs):
         seen.append(torch.is_anomaly_enabled())
-        return original(self, resume_from_checkpoint)
+        return original(self, *args, **kwargs)
 
     monkeypatch.setattr(trainer.SkipTrainer, "train", spy)
     assert _train(tiny_model, tmp_path, "--epochs", "1", "--detect-anomaly") == 0

@@ -24,6 +24,16 @@ def test_eval_transform_matches_clip_image_processor(size):
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_the_vit_b_16_processor_gives_the_references_input_pipeline():
+    """The reference (Dassl's INPUT) trains and tests at 224 px, bicubic, with a center crop in evaluation: what
+    openai/clip-vit-base-patch16's processor (CLIPImageProcessor's defaults) gives our transforms, which read it."""
+    processor = CLIPImageProcessor()
+    for train in (False, True):
+        transform = ImageTransform.from_processor(processor, train=train)
+        assert (transform.image_size, transform.resample, transform.crop) == (224, PIL.Image.BICUBIC, True)
+    assert ImageTransform.from_processor(processor, train=False)(random_image(300, 250)).shape == (3, 224, 224)
+
+
 @pytest.mark.parametrize("resample", [PIL.Image.BICUBIC, PIL.Image.BILINEAR])
 def test_square_resize_transform_matches_a_processor_without_center_crop(resample):
     processor = CLIPImageProcessor(

@@ -39,9 +39,6 @@ COMMON = dict(
     max_classes=50,
     class_decay=0.3,
     token_drop=0.0,
-    image_size=224,
-    interpolation="bicubic",
-    train_transforms=["random_resized_crop", "random_flip", "normalize"],
     crop_scale=[0.08, 1.0],
     test_batch_size=100,
 )
@@ -53,73 +50,73 @@ DG_EVAL = ["imagenet", "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_
 TABLE = {
     ("base_to_new", "imagenet"): dict(
         text_lr=2e-5, vision_lr=5e-6, epochs=5, warmup_epochs=1, warmup_lr=1e-6, shots=[16],
-        template="a photo of a {}.", train_dataset="imagenet", train_classes="base", eval_classes=["base", "new"],
+        template="a photo of a {}.", train_dataset="imagenet", train_classes="base",
         eval_datasets=["imagenet"],
     ),
     ("base_to_new", "caltech101"): dict(
         text_lr=2e-5, vision_lr=5e-6, epochs=20, warmup_epochs=1, warmup_lr=1e-6, shots=[16],
-        template="itap of a {}.", train_dataset="caltech101", train_classes="base", eval_classes=["base", "new"],
+        template="itap of a {}.", train_dataset="caltech101", train_classes="base",
         eval_datasets=["caltech101"],
     ),
     ("base_to_new", "food101"): dict(
         text_lr=2e-5, vision_lr=5e-6, epochs=5, warmup_epochs=1, warmup_lr=1e-6, shots=[16],
         template="a photo of the nice {}.", train_dataset="food101", train_classes="base",
-        eval_classes=["base", "new"], eval_datasets=["food101"],
+        eval_datasets=["food101"],
     ),
     ("base_to_new", "eurosat"): dict(
         text_lr=2e-5, vision_lr=5e-6, epochs=20, warmup_epochs=1, warmup_lr=1e-6, shots=[16],
         template="a centered satellite photo of {}.", train_dataset="eurosat", train_classes="base",
-        eval_classes=["base", "new"], eval_datasets=["eurosat"],
+        eval_datasets=["eurosat"],
     ),
     ("cross_dataset", "imagenet"): dict(
         text_lr=1e-5, vision_lr=1e-6, epochs=5, warmup_epochs=1, warmup_lr=1e-8, shots=[16],
-        template="a photo of a {}.", train_dataset="imagenet", train_classes="all", eval_classes=["all"],
+        template="a photo of a {}.", train_dataset="imagenet", train_classes="all",
         eval_datasets=XD_EVAL,
     ),
     ("cross_dataset", "caltech101"): dict(
         text_lr=1e-5, vision_lr=1e-6, epochs=5, warmup_epochs=1, warmup_lr=1e-8, shots=[16],
-        template="itap of a {}.", train_dataset="imagenet", train_classes="all", eval_classes=["all"],
+        template="itap of a {}.", train_dataset="imagenet", train_classes="all",
         eval_datasets=XD_EVAL,
     ),
     ("cross_dataset", "fgvc_aircraft"): dict(
         text_lr=1e-5, vision_lr=1e-6, epochs=5, warmup_epochs=1, warmup_lr=1e-8, shots=[16],
         template="a bright photo of a {}, a type of aircraft.", train_dataset="imagenet", train_classes="all",
-        eval_classes=["all"], eval_datasets=XD_EVAL,
+        eval_datasets=XD_EVAL,
     ),
     ("domain_generalization", "imagenet"): dict(
         text_lr=1e-5, vision_lr=1e-6, epochs=5, warmup_epochs=1, warmup_lr=1e-8, shots=[16],
-        template="a photo of a {}.", train_dataset="imagenet", train_classes="all", eval_classes=["all"],
+        template="a photo of a {}.", train_dataset="imagenet", train_classes="all",
         eval_datasets=DG_EVAL,
     ),
     ("domain_generalization", "imagenet_sketch"): dict(
         text_lr=1e-5, vision_lr=1e-6, epochs=5, warmup_epochs=1, warmup_lr=1e-8, shots=[16],
-        template="a sketch of a {}.", train_dataset="imagenet", train_classes="all", eval_classes=["all"],
+        template="a sketch of a {}.", train_dataset="imagenet", train_classes="all",
         eval_datasets=DG_EVAL,
     ),
     ("domain_generalization", "imagenet_a"): dict(
         text_lr=1e-5, vision_lr=1e-6, epochs=5, warmup_epochs=1, warmup_lr=1e-8, shots=[16],
-        template="a bad photo of a {}.", train_dataset="imagenet", train_classes="all", eval_classes=["all"],
+        template="a bad photo of a {}.", train_dataset="imagenet", train_classes="all",
         eval_datasets=DG_EVAL,
     ),
     ("few_shot", "imagenet"): dict(
         text_lr=1e-5, vision_lr=1e-5, epochs=10, warmup_epochs=0, warmup_lr=None, shots=[1, 2, 4, 8, 16],
-        template="a photo of a {}.", train_dataset="imagenet", train_classes="all", eval_classes=["all"],
+        template="a photo of a {}.", train_dataset="imagenet", train_classes="all",
         eval_datasets=["imagenet"],
     ),
     ("few_shot", "caltech101"): dict(
         text_lr=1e-5, vision_lr=1e-5, epochs=40, warmup_epochs=0, warmup_lr=None, shots=[1, 2, 4, 8, 16],
-        template="itap of a {}.", train_dataset="caltech101", train_classes="all", eval_classes=["all"],
+        template="itap of a {}.", train_dataset="caltech101", train_classes="all",
         eval_datasets=["caltech101"],
     ),
     ("few_shot", "sun397"): dict(
         text_lr=1e-5, vision_lr=1e-5, epochs=10, warmup_epochs=0, warmup_lr=None, shots=[1, 2, 4, 8, 16],
-        template="a photo of a {}.", train_dataset="sun397", train_classes="all", eval_classes=["all"],
+        template="a photo of a {}.", train_dataset="sun397", train_classes="all",
         eval_datasets=["sun397"],
     ),
     ("few_shot", "ucf101"): dict(
         text_lr=1e-5, vision_lr=1e-5, epochs=40, warmup_epochs=0, warmup_lr=None, shots=[1, 2, 4, 8, 16],
         template="a photo of a {}, a type of sport.", train_dataset="ucf101", train_classes="all",
-        eval_classes=["all"], eval_datasets=["ucf101"],
+        eval_datasets=["ucf101"],
     ),
 }  # fmt: skip
 
@@ -281,8 +278,9 @@ def test_no_dataset_gives_the_protocols_defaults(capsys):
 
 
 def test_the_runtime_reads_the_recipe_fields_it_used_to_hard_code(monkeypatch, tmp_path):
-    """Change a field of the recipe: the trainer's sampler rule, optimiser, augmentation and the benchmark follow."""
-    changed = dict(sampler_min_shots=2, nesterov=True, crop_scale=(0.5, 1.0), seeds=(4, 5))
+    """Change a field of the recipe: the trainer's sampler rule, optimiser, augmentation and the benchmark's seeds,
+    shots and datasets follow."""
+    changed = dict(sampler_min_shots=2, nesterov=True, crop_scale=(0.5, 1.0), seeds=(4, 5), shots=(2, 8))
 
     def recipe(protocol, dataset=None, strict=False):
         return with_overrides(reference_recipe(protocol, dataset, strict), **changed)
@@ -295,6 +293,12 @@ def test_the_runtime_reads_the_recipe_fields_it_used_to_hard_code(monkeypatch, t
     assert args.crop_min_area == 0.5
     assert all(group["nesterov"] for group in make_optimizer(tiny_clip(), args).param_groups)
     benchmark = peft_skip.protocols.benchmark.BenchmarkArguments("few_shot", "m", "root", "out")
-    assert benchmark.seed_list() == [4, 5]
+    assert benchmark.seed_list() == [4, 5] and benchmark.shots == 8
+    changed = dict(train_dataset="sun397", eval_datasets=("sun397", "dtd"))
+    cross = peft_skip.protocols.benchmark.BenchmarkArguments("cross_dataset", "m", "root", "out", seeds="1")
+    assert [(c.dataset, c.train_dataset) for c in peft_skip.protocols.benchmark.plan_cells(cross)] == [
+        ("sun397", "sun397"),
+        ("dtd", "sun397"),
+    ]
     changed = dict(optimizer="adamw_torch")  # read by the patched recipe when called
     assert SkipTrainingArguments(output_dir=str(tmp_path)).optim == "adamw_torch"

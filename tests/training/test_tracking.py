@@ -13,7 +13,8 @@ from test_trainer import NUM_CLASSES, TensorImages, identity, jitter, prompts, s
 
 from peft_skip.commands.cli import build_parser, main
 from peft_skip.training import tracking
-from peft_skip.training.trainer import SkipTrainer, make_accelerator
+from peft_skip.training.accelerator import make_accelerator
+from peft_skip.training.trainer import SkipTrainer
 from peft_skip.training.training_args import SkipTrainingArguments
 
 TRAIN = ["--data", "digits", "--shots", "4", "--skip-layers", "2", "--test-limit", "40", "--no-progress"]

@@ -24,6 +24,7 @@ from ..data import (
 )
 from ..data.splits import check_same_classes, check_shots
 from ..offline import has_random_weights
+from ..training.accelerator import make_accelerator
 from ..training.evaluation import evaluate_protocol, summary, tokenize_classes
 from ..training.finite import NonFiniteLossError
 from ..training.output_dir import CARD_NAME, check_out_apart, claim_output_dir, may_write
@@ -31,7 +32,7 @@ from ..training.precision import to_reference_fp16
 from ..training.preflight import check_images_readable, check_launch
 from ..training.recipes import REFERENCE_DATASETS
 from ..training.tracking import eval_scalars, start_tracking
-from ..training.trainer import SkipTrainer, make_accelerator
+from ..training.trainer import SkipTrainer
 from ..training.training_args import SkipTrainingArguments
 from ..tuner.card import build_card, write_card
 from ..tuner.config import SkipConfig

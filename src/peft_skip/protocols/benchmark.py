@@ -26,22 +26,14 @@ from ..data.coop import COOP_DATASETS, coop_folder, load_coop_dataset
 from ..data.coop_fewshot import coop_few_shot
 from ..data.coop_splits import dataset_folder
 from ..offline import has_random_weights
+from ..training.accelerator import make_accelerator
 from ..training.evaluation import evaluate_protocol, tokenize_classes
 from ..training.output_dir import lock_output_dir
-from ..training.recipes import CROSS_DATASET_TARGETS, DOMAIN_SHIFT_DATASETS, TRAIN_DATASETS, reference_recipe
-from ..training.trainer import SkipTrainer, make_accelerator
+from ..training.recipes import PROTOCOLS, TRAIN_DATASETS, reference_recipe
+from ..training.trainer import SkipTrainer
 from ..training.training_args import SkipTrainingArguments
 from ..tuner.config import SkipConfig
 from .report import load_results, write_results
-
-# The datasets a protocol runs when `--datasets` is not given (for the ImageNet-trained protocols: the targets).
-DEFAULT_DATASETS = {
-    "few_shot": TRAIN_DATASETS,
-    "base_to_new": TRAIN_DATASETS,
-    "cross_dataset": CROSS_DATASET_TARGETS,
-    "domain_generalization": DOMAIN_SHIFT_DATASETS,
-}
-SOURCE = "imagenet"  # what cross-dataset and domain generalisation train on
 
 
 def _arg(default, help: str, *aliases: str, **kwargs):
@@ -72,7 +64,10 @@ class BenchmarkArguments:
         "domain_generalization the targets, ImageNet being always tested as the source).",
     )
     seeds: str | None = _arg(None, "Comma-separated seeds, a cell per (dataset, seed) (default: the recipe's).")
-    shots: int = _arg(16, "Training images per class (the paper: 16; few-shot also 1, 2, 4, 8).")
+    shots: int | None = _arg(
+        None,
+        "Training images per class (default: the recipe's largest, 16; the paper's few-shot also runs 1, 2, 4, 8).",
+    )
     num_train_epochs: int | None = _arg(None, "Epochs of every cell (default: the reference recipe's).", "--epochs")
     learning_rate: float | None = _arg(None, "Peak learning rate (default: the reference recipe's).", "--lr")
     mixed_precision: Literal["no", "bf16", "fp16"] = _arg("no", "bf16 (CPU or GPU) or fp16 (GPU) autocast.")
@@ -82,8 +77,10 @@ class BenchmarkArguments:
     disable_tqdm: bool = _arg(False, "No progress bars (the one line per cell stays).", "--no-progress")
 
     def __post_init__(self) -> None:
-        if self.protocol not in DEFAULT_DATASETS:
-            raise ValueError(f"protocol={self.protocol!r} is invalid; expected one of {', '.join(DEFAULT_DATASETS)}.")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol={self.protocol!r} is invalid; expected one of {', '.join(PROTOCOLS)}.")
+        if self.shots is None:
+            self.shots = max(reference_recipe(self.protocol).shots)
         unknown = [name for name in self.dataset_names() if name not in COOP_DATASETS]
         if unknown:
             raise ValueError(f"Unknown datasets {unknown} in --datasets: choose from {', '.join(COOP_DATASETS)}.")
@@ -98,8 +95,9 @@ class BenchmarkArguments:
                 raise ValueError(f"{name}={getattr(self, name)} is invalid; expected >= 1.")
 
     def dataset_names(self) -> list[str]:
-        if self.datasets is None:
-            return list(DEFAULT_DATASETS[self.protocol])
+        if self.datasets is None:  # every training dataset, or what the protocol tests its one source model on
+            recipe = reference_recipe(self.protocol)
+            return list(TRAIN_DATASETS if recipe.train_dataset is None else recipe.eval_datasets)
         return list(dict.fromkeys(name.strip() for name in self.datasets.split(",") if name.strip()))
 
     def seed_list(self) -> list[int]:
@@ -118,12 +116,13 @@ class Cell:
 
 def plan_cells(args: BenchmarkArguments) -> list[Cell]:
     """Every cell of the run, grouped so that the cells sharing a training come one after the other."""
-    if args.protocol in ("few_shot", "base_to_new"):
+    source = reference_recipe(args.protocol).train_dataset
+    if source is None:  # few-shot and base-to-new: a model per dataset
         for name in args.dataset_names():
             reference_recipe(args.protocol, name)  # a test-only dataset fails here, with the reason
         return [Cell(name, seed, name) for name in args.dataset_names() for seed in args.seed_list()]
-    targets = [name for name in args.dataset_names() if name != SOURCE]
-    return [Cell(name, seed, SOURCE) for seed in args.seed_list() for name in [SOURCE, *targets]]
+    targets = [name for name in args.dataset_names() if name != source]
+    return [Cell(name, seed, source) for seed in args.seed_list() for name in [source, *targets]]
 
 
 def cell_training_arguments(

@@ -73,7 +73,8 @@ class Recipe:
         protocol: one of `PROTOCOLS`.
         dataset: the dataset this recipe was resolved for (its prompt template is `template`); `None`: the
             protocol's defaults.
-        train_dataset: the dataset the model is trained on (ImageNet for cross-dataset and domain generalisation).
+        train_dataset: the dataset the model is trained on: `dataset` (`None` with it), ImageNet for cross-dataset
+            and domain generalisation.
         reference: whether `dataset` is one of the paper's datasets (else the protocol's defaults apply).
         text_lr, vision_lr: peak lr of the text tower (with its final layer norm and projection) and of the image
             tower (with its post layer norm and projection); they differ under the reference's staged lr.
@@ -88,25 +89,23 @@ class Recipe:
         template, train_template: prompt template of `dataset` (evaluation) and of `train_dataset` (training);
             class names have `_` replaced by spaces.
         shots, seeds: k-shot settings run and seeds averaged.
-        train_classes: `"base"` (first ceil(C/2) labels) or `"all"`.
-        eval_classes: class groups evaluated separately: `("base", "new")` or `("all",)`.
+        train_classes: `"base"` (first ceil(C/2) labels; base and new classes are then each tested among their
+            own) or `"all"`.
         eval_datasets: datasets the trained model is tested on in this protocol.
         skip_layers, class_ratio, max_classes, class_decay, token_drop: LSkip / CSkip (`START_LAYER`, `TOP_RATIO`,
             `MAX_TOP`, `LAMBDA`, `DROP_RATIO`).
-        image_size, interpolation, train_transforms, crop_scale: input pipeline (eval: resize + center crop).
+        crop_scale: area range of the random resized crop (the input size and resampling are the processor's:
+            224 px bicubic for ViT-B/16, as the reference's).
         image_decoding: `"dassl"`: image files opened with PIL and converted to RGB, nothing else (Dassl's
             `read_image`: no EXIF rotation, transparency dropped).
         token_drop_mode: `"reference"`: `drop_tokens` of `trainers/skip_tuning.py` (the same tokens for the batch,
             the class token a candidate, `ceil`).
-        image_cache_refresh: `"every_epoch"`: the reference re-extracts the layer-ω image states each epoch with
-            that epoch's augmentation.
         test_batch_size: evaluation batch size.
-        final_model: the model evaluated: the last epoch's (no validation-based selection).
     """
 
     protocol: str
     dataset: str | None
-    train_dataset: str
+    train_dataset: str | None
     reference: bool
     text_lr: float
     vision_lr: float
@@ -117,7 +116,6 @@ class Recipe:
     train_template: str
     shots: tuple[int, ...]
     train_classes: str
-    eval_classes: tuple[str, ...]
     eval_datasets: tuple[str, ...]
     schedule: str = "dassl_cosine"
     batch_size: int = 4
@@ -137,15 +135,10 @@ class Recipe:
     max_classes: int = 50
     class_decay: float = 0.3
     token_drop: float = 0.0
-    image_size: int = 224
-    interpolation: str = "bicubic"
-    train_transforms: tuple[str, ...] = ("random_resized_crop", "random_flip", "normalize")
     crop_scale: tuple[float, float] = (0.08, 1.0)
     image_decoding: str = "dassl"
     token_drop_mode: str = "reference"
-    image_cache_refresh: str = "every_epoch"
     test_batch_size: int = 100
-    final_model: str = "last_epoch"
 
     def to_dict(self) -> dict:
         """The recipe as JSON-ready values (tuples become lists)."""
@@ -237,7 +230,6 @@ def reference_recipe(protocol: str, dataset: str | None = None, strict: bool = F
         train_template=TEMPLATES[train_dataset if train_dataset in REFERENCE_DATASETS else "default"],
         shots=shots,
         train_classes="base" if protocol == "base_to_new" else "all",
-        eval_classes=("base", "new") if protocol == "base_to_new" else ("all",),
         eval_datasets=eval_datasets,
     )
 

@@ -53,7 +53,7 @@ def start_tracking(accelerator: Accelerator, args, config) -> bool:
     or some already run (the caller that started them logs more and ends them).
 
     Args:
-        accelerator (`Accelerator`): Created with the trackers (`trainer.make_accelerator(report_to=...)`).
+        accelerator (`Accelerator`): Created with the trackers (`accelerator.make_accelerator(report_to=...)`).
         args (`SkipTrainingArguments`): The run's arguments.
         config (`SkipConfig`): The method's settings.
 

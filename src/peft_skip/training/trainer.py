@@ -11,7 +11,6 @@ the gradients DDP averages equal those of one process running the whole global b
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 from ..data.augmented import AugmentedImages, seeded_generator
 from ..towers import get_towers
 from ..tuner.config import SkipConfig
+from .accelerator import make_accelerator
 from .batches import check_batches, class_batches, uses_class_batches
 from .cache import ImageCache
 from .finite import NonFiniteLossError, has_non_finite, non_finite_error  # noqa: F401 (part of the API)
@@ -42,28 +42,8 @@ from .run_state import (
     start_new_run,
 )
 from .schedule import make_optimizer, make_scheduler
-from .tracking import EpochStats, epoch_scalars, logging_dir, start_tracking, tracker_names
+from .tracking import EpochStats, epoch_scalars, start_tracking
 from .training_args import SkipTrainingArguments
-
-
-def make_accelerator(
-    mixed_precision: str = "no", report_to: str = "none", output_dir: str | None = None
-) -> Accelerator:
-    """The `Accelerator` of a run; create it before anything else touches Accelerate's state.
-
-    Args:
-        mixed_precision (`str`): `no`, `bf16` (autocast on CPU or GPU) or `fp16` (GPU only).
-        report_to (`str`): The experiment trackers (`peft_skip.training.tracking.REPORT_TO`).
-        output_dir (`str`, *optional*): The run's output directory; local trackers write under its `runs/`.
-    """
-    if mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise ValueError("mixed_precision='fp16' needs a CUDA GPU; use 'bf16' (autocast on CPU) or 'no'.")
-    # Started as several processes (torchrun, `accelerate launch` with MULTI_GPU) on a machine without CUDA,
-    # Accelerate only joins them in a (gloo) process group when told to run on the CPU.
-    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    log_dir = logging_dir(output_dir) if output_dir is not None else None
-    trackers = tracker_names(report_to) or None
-    return Accelerator(mixed_precision=mixed_precision, cpu=cpu, log_with=trackers, project_dir=log_dir)
 
 
 @dataclass
