@@ -125,3 +125,13 @@ def test_the_caches_and_the_fingerprint_know_no_tuner_names():
     caches = [name for name in graph if name.startswith("training.cache")]
     for name in ["tuner.fingerprint", *caches]:
         assert not reached(name) & {"tuner.layer", "tuner.model"}, name
+
+
+def test_the_public_api_is_what_users_call_not_the_steps_parts():
+    import peft_skip
+
+    step_parts = ("peft_skip.training.cache", "peft_skip.training.classes", "peft_skip.training.loss")
+    assert not [name for name in peft_skip.__all__ if getattr(peft_skip, name).__module__.startswith(step_parts)]
+    assert {"SkipConfig", "SkipModel", "SkipTrainer", "SkipTrainingArguments", "evaluate_protocol"} <= set(
+        peft_skip.__all__
+    )

@@ -54,7 +54,8 @@ def _reset_peak(device: torch.device) -> None:
 
 def cache_builds(model, pixels: torch.Tensor, device: torch.device, skip: int, batch_sizes: list[int]) -> list[dict]:
     """Images/s of building the float16 image cache of `pixels` `(n, 3, S, S)` per batch size, fp32 and bf16."""
-    from peft_skip import ImageCache, get_towers
+    from peft_skip import get_towers
+    from peft_skip.training.cache import ImageCache
 
     tower = get_towers(model).vision
 
@@ -140,9 +141,10 @@ def measure(args: argparse.Namespace, work: str) -> dict:
     """The cache builds and every step variant on a 50-class cell of the ViT-B/16 shape (tiny: 6 classes, 4 layers)."""
     from transformers import AutoProcessor, CLIPModel
 
-    from peft_skip import ImageCache, get_towers, tokenize_classes
+    from peft_skip import get_towers, tokenize_classes
     from peft_skip.offline import make_offline_model
     from peft_skip.training.batches import class_batches
+    from peft_skip.training.cache import ImageCache
 
     device = torch.device(args.device)
     classes, shots = (6, 4) if args.tiny else (50, 16)

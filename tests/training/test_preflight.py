@@ -17,9 +17,10 @@ from conftest import tiny_clip
 from synthetic_images import write_folder
 
 import peft_skip  # noqa: F401
-from peft_skip import ImageCache, get_towers
+from peft_skip import get_towers
 from peft_skip.commands.cli import main
 from peft_skip.data import load_dataset_spec
+from peft_skip.training.cache import ImageCache
 from peft_skip.training.preflight import check_launch, warn_if_untrainable
 
 FAST = ["--shots", "4", "--skip-layers", "2", "--test-limit", "8", "--no-progress", "--lr", "1e-3", "--epochs", "1"]

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import math
 import os
+import socket
 import subprocess
 import sys
 
@@ -595,7 +596,11 @@ def test_two_processes_match_one(tmp_path):
         **os.environ,
         "PYTHONPATH": os.pathsep.join(["src", "tests", "tests/training", os.environ.get("PYTHONPATH", "")]),
     }
+    with socket.socket() as probe:  # a free port: another test run on this machine may be using the config's
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", ACCELERATE_CONFIG]
+    command += ["--main_process_port", port]
     subprocess.run([*command, DISTRIBUTED, str(tmp_path / "two")], check=True, env=env, timeout=300)
     saved = torch.load(tmp_path / "two" / "deltas.pt")
     assert saved["num_processes"] == 2
