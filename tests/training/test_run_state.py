@@ -205,6 +205,37 @@ def test_a_lock_waits_for_its_holder_and_reports_busy_otherwise(tmp_path):
     holder.wait()
 
 
+_HOLDER_WITH_A_WORKER = """
+import importlib.util, os, sys, time
+spec = importlib.util.spec_from_file_location("locks", sys.argv[1])
+locks = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(locks)
+with locks.file_lock(sys.argv[2], "the output directory"):
+    worker = os.fork()
+    if worker == 0:  # a data loader's worker: outlives its killed parent for a while
+        time.sleep(60)
+        os._exit(0)
+    print(worker, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_killed_holders_forked_worker_does_not_keep_its_lock(tmp_path):
+    from peft_skip.training import locks
+
+    code = [sys.executable, "-c", _HOLDER_WITH_A_WORKER, locks.__file__, str(tmp_path / "x.lock")]
+    holder = subprocess.Popen(code, stdout=subprocess.PIPE, text=True)
+    worker = int(holder.stdout.readline())
+    try:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        os.kill(worker, 0)  # the worker still runs
+        with locks.file_lock(tmp_path / "x.lock", "the output directory"):  # and holds nothing
+            pass
+    finally:
+        os.kill(worker, signal.SIGKILL)
+
+
 def test_a_lock_that_is_a_link_is_refused_and_its_target_kept(models, folder, tmp_path, capsys):
     from peft_skip.training.locks import file_lock
 
@@ -221,3 +252,60 @@ def test_a_lock_that_is_a_link_is_refused_and_its_target_kept(models, folder, tm
     assert _train(models[0], folder, out) == 2
     assert "is a symbolic link" in _last_line(capsys)
     assert target.read_text() == "precious\n"
+
+
+def _eval(model, data, out, *extra) -> int:
+    return main(
+        ["eval", "--model", model, "--data", str(data), "--test-limit", "8", "--no-progress", "--out", str(out)]
+    )
+
+
+def test_eval_into_an_out_claims_it_as_train_does(models, folder, tmp_path, capsys):
+    """Two evals into one --out: the second is refused in one line, before any work; the file is never half written."""
+    out = tmp_path / "run"
+    assert _train(models[0], folder, out) == 0
+    assert _eval(models[0], folder, out) == 0  # beside the run's own files
+    written = json.loads((out / "eval_results.json").read_text())
+    assert written["num_images"] == 8 and not [name for name in os.listdir(out) if name.endswith(".tmp")]
+    capsys.readouterr()
+    holder = _hold_lock(out / LOCK_FILE)  # an eval (or a train) still writing there
+    try:
+        assert _eval(models[0], folder, out) == 2
+        captured = capsys.readouterr()
+        assert "is in use by another process (pid 4242)" in captured.err.strip().splitlines()[-1]
+        assert "accuracy" not in captured.out
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine\n")
+    assert _eval(models[0], folder, mine) == 2
+    assert "holds files peft-skip did not write (notes.txt)" in _last_line(capsys)
+    assert _eval(models[0], folder, models[0]) == 2  # into the model's own directory
+    assert "overlaps --model" in _last_line(capsys)
+    assert not (mine / "eval_results.json").exists() and not os.path.exists(
+        os.path.join(models[0], "eval_results.json")
+    )
+
+
+def test_a_symlinked_out_writes_through_the_link_and_a_dangling_one_is_one_line(models, folder, tmp_path, capsys):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    assert _train(models[0], folder, tmp_path / "link") == 0
+    assert (real / "adapter_model.safetensors").exists() and (tmp_path / "link").is_symlink()
+    (tmp_path / "to-model").symlink_to(models[0])
+    assert _train(models[0], folder, tmp_path / "to-model") == 2
+    assert "overlaps --model" in _last_line(capsys)
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    assert _train(models[0], folder, tmp_path / "dangling") == 2
+    assert "is a symbolic link to" in _last_line(capsys) and not (tmp_path / "gone").exists()
+
+
+def test_an_unwritable_cache_dir_fails_before_any_work(models, folder, tmp_path, capsys):
+    # sysfs refuses new entries, even to root.
+    assert _train(models[0], folder, tmp_path / "run", "--cache-dir", "/sys/peft-skip-test-cache") == 2
+    captured = capsys.readouterr()
+    assert "/sys/peft-skip-test-cache" in captured.err.strip().splitlines()[-1] and "zero-shot" not in captured.out
+    assert "Traceback" not in captured.err

@@ -169,6 +169,12 @@ class EvalArguments:
         default=None,
         metadata={"help": "Write eval_results.json into this directory instead of printing it.", "aliases": ["--out"]},
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Write eval_results.json into an --out holding files peft-skip did not write (they are kept)."
+        },
+    )
     dataloader_num_workers: int = field(
         default=2, metadata={"help": "Worker processes that read and transform the test images (0: none)."}
     )

@@ -27,9 +27,10 @@ from ..offline import has_random_weights
 from ..training.accelerator import make_accelerator
 from ..training.evaluation import evaluate_protocol, summary, tokenize_classes
 from ..training.finite import NonFiniteLossError
-from ..training.output_dir import CARD_NAME, check_out_apart, claim_output_dir, may_write
+from ..training.output_dir import CARD_NAME, TMP_PREFIX, check_out_apart, check_writable, claim_output_dir, may_write
 from ..training.precision import to_reference_fp16
 from ..training.preflight import check_images_readable, check_launch
+from ..training.publishing import write_json
 from ..training.recipes import REFERENCE_DATASETS
 from ..training.tracking import eval_scalars, start_tracking
 from ..training.trainer import SkipTrainer
@@ -67,10 +68,10 @@ def test_set(data: DataArguments) -> ImageDataset:
     return test.with_decoding(data.resolved_decoding())
 
 
-def _write_json(path: str, payload: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
+def _inputs(model_args: ModelArguments, data: DataArguments) -> dict[str, str | None]:
+    """The directories a run reads, by flag: its `--out` must lie apart from them."""
+    spec = data.data.removeprefix("imagefolder:").removeprefix("hf:")
+    return {"--model": model_args.model, "--data": spec, "--data_root": data.data_root}
 
 
 def train_and_evaluate(
@@ -88,9 +89,9 @@ def train_and_evaluate(
             infinite; no adapter is saved, the last good checkpoint is kept.
     """
     check_launch()
-    spec = data.data.removeprefix("imagefolder:").removeprefix("hf:")
-    inputs = {"--model": model_args.model, "--data": spec, "--data_root": data.data_root}
-    check_out_apart(training.output_dir, inputs | {"--cache_dir": training.cache_dir})
+    check_out_apart(training.output_dir, _inputs(model_args, data) | {"--cache_dir": training.cache_dir})
+    if training.cache_dir:
+        check_writable(training.cache_dir, "--cache-dir")
     # An unusable, foreign or busy output_dir fails here, before the zero-shot evaluation and the first epoch.
     with claim_output_dir(training.output_dir, is_main_process(), training.overwrite_output_dir):
         return _train_and_evaluate(model_args, data, config, training)
@@ -200,7 +201,7 @@ def _train_and_evaluate(
         card = build_card(adapter.base_model_name_or_path, config.method_settings(), metrics, name, training.license)
         if may_write(training.output_dir, CARD_NAME):  # a user's README.md is kept
             write_card(training.output_dir, card)  # now with the accuracies
-        _write_json(os.path.join(training.output_dir, "metrics.json"), metrics)
+        write_json(os.path.join(training.output_dir, "metrics.json"), metrics, TMP_PREFIX)
         say(f"adapter and metrics.json written to {training.output_dir}")
         if repo_id:
             say(f"uploaded to the Hub: {push_adapter(training.output_dir, repo_id)}")
@@ -219,7 +220,20 @@ def load_saved_adapter(model, adapter_dir: str):
 
 def evaluate_saved(model_args: ModelArguments, data: DataArguments, eval_args: EvalArguments) -> dict:
     """Accuracy of the base model, or with the adapter `eval_args.adapter`; written to `eval_args.output_dir`'s
-    `eval_results.json` when given, else printed."""
+    `eval_results.json` when given, else printed.
+
+    An `output_dir` is claimed first, as `train` claims its own: one run at a time, and never a directory of the user's
+    (unless `overwrite_output_dir`) or the model's or data's.
+    """
+    out = eval_args.output_dir
+    if not out:
+        return _evaluate_saved(model_args, data, eval_args)
+    check_out_apart(out, _inputs(model_args, data))
+    with claim_output_dir(out, is_main_process(), eval_args.overwrite_output_dir):
+        return _evaluate_saved(model_args, data, eval_args)
+
+
+def _evaluate_saved(model_args: ModelArguments, data: DataArguments, eval_args: EvalArguments) -> dict:
     if eval_args.disable_tqdm:
         transformers.utils.logging.disable_progress_bar()
     accelerator = make_accelerator()
@@ -254,7 +268,7 @@ def evaluate_saved(model_args: ModelArguments, data: DataArguments, eval_args: E
     accelerator.print(f"accuracy ({eval_args.precision}): {summary(result)}")
     if accelerator.is_main_process:
         if eval_args.output_dir:
-            _write_json(os.path.join(eval_args.output_dir, "eval_results.json"), result)
+            write_json(os.path.join(eval_args.output_dir, "eval_results.json"), result, TMP_PREFIX)
         else:
             print(json.dumps(result, indent=2))
     return result

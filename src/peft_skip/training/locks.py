@@ -1,8 +1,9 @@
 """One process at a time per directory: advisory file locks that the OS releases when their holder dies.
 
 `fcntl.flock` locks an open file description, so a killed run never leaves a lock behind (nothing to clean up, no
-stale-pid guessing). A lock is re-entrant within a thread (the CLI and the trainer may both claim the same output
-directory); another thread of the same process waits or fails like another process.
+stale-pid guessing). A forked child (a data loader's worker) closes its copy of every held lock file at once, so that
+it cannot keep a killed parent's lock. A lock is re-entrant within a thread (the CLI and the trainer may both claim the
+same output directory); another thread of the same process waits or fails like another process.
 """
 
 from __future__ import annotations
@@ -20,6 +21,17 @@ logger = logging.getLogger(__name__)
 
 # Lock files held by each thread: real path -> [open file, nesting depth].
 _local = threading.local()
+# Every lock file this process holds open, whichever thread holds it.
+_open_files = set()
+
+
+def _close_in_forked_child() -> None:
+    for handle in list(_open_files):
+        handle.close()  # the child's copy only: the parent's lock stays
+    _open_files.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_forked_child)
 
 
 class BusyError(OSError):
@@ -50,6 +62,7 @@ def file_lock(path: str | os.PathLike, purpose: str, wait: bool = False) -> Iter
             _held[key][1] -= 1
         return
     handle = _open_lock_file(key)
+    _open_files.add(handle)
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -75,6 +88,7 @@ def file_lock(path: str | os.PathLike, purpose: str, wait: bool = False) -> Iter
         finally:
             del _held[key]
     finally:
+        _open_files.discard(handle)
         handle.close()  # closing the file releases the lock
 
 

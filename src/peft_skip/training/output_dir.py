@@ -15,14 +15,17 @@ from collections.abc import Iterator
 
 from ..tuner.adapter_files import CONFIG_NAME, STAGING_DIR, WEIGHTS_NAME
 from .locks import file_lock
+from .publishing import write_json
 
 CHECKPOINTS_DIR = "checkpoints"
 LOCK_FILE = ".lock"
 # Lists the names in an output directory that peft-skip wrote (or reserved for a run); everything else is the user's.
 MANIFEST = ".peft-skip"
+# Temporary files are named `.peft-skip-*`: peft-skip's even when a crash leaves one behind.
+TMP_PREFIX = MANIFEST + "-"
 CARD_NAME = "README.md"
 TRACKING_DIR = "runs"  # local trackers' files (TensorBoard), as transformers' Trainer names it
-# Every name a run writes into its output directory.
+# Every name a run (`train`, or `eval --out`) writes into its output directory.
 OUTPUT_NAMES = (
     LOCK_FILE,
     MANIFEST,
@@ -30,6 +33,7 @@ OUTPUT_NAMES = (
     WEIGHTS_NAME,
     CARD_NAME,
     "metrics.json",
+    "eval_results.json",
     CHECKPOINTS_DIR,
     STAGING_DIR,
     TRACKING_DIR,
@@ -55,7 +59,7 @@ def _claim_names(output_dir: str, overwrite: bool) -> None:
     """Refuses an output directory holding files peft-skip did not write (unless `overwrite`: then they are kept, and
     one at a name a run writes is still refused, but a README.md of the user's), then records the run's names."""
     ours = our_names(output_dir)
-    foreign = sorted(set(os.listdir(output_dir)) - ours)
+    foreign = sorted(name for name in set(os.listdir(output_dir)) - ours if not name.startswith(TMP_PREFIX))
     if foreign and not overwrite:
         listed = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
         raise FileExistsError(
@@ -68,10 +72,24 @@ def _claim_names(output_dir: str, overwrite: bool) -> None:
             f"--out {output_dir} holds {', '.join(clashes)}, which peft-skip did not write and would replace; move "
             "them away or choose another --out."
         )
-    tmp = os.path.join(output_dir, MANIFEST + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"written": sorted(ours | (set(OUTPUT_NAMES) - set(foreign)))}, f)
-    os.replace(tmp, os.path.join(output_dir, MANIFEST))
+    written = sorted(ours | (set(OUTPUT_NAMES) - set(foreign)))
+    write_json(os.path.join(output_dir, MANIFEST), {"written": written}, TMP_PREFIX)
+
+
+def check_writable(directory: str, flag: str) -> None:
+    """Creates `directory` if needed and checks that a file can be written there (before any expensive work).
+
+    Raises:
+        OSError: Naming `flag`, the directory and why.
+    """
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise OSError(
+            f"Cannot write to {flag} {directory} ({error.strerror or error}); choose a directory you can write to."
+        ) from None
 
 
 def check_out_apart(output_dir: str, inputs: dict[str, str | None]) -> None:
@@ -112,16 +130,14 @@ def claim_output_dir(output_dir: str, main_process: bool = True, overwrite: bool
     if not main_process:
         yield
         return
+    if os.path.islink(output_dir) and not os.path.exists(output_dir):
+        raise NotADirectoryError(
+            f"--out {output_dir} is a symbolic link to {os.readlink(output_dir)}, which does not exist; create that "
+            "directory or give another --out."
+        )
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise NotADirectoryError(f"--out {output_dir} is a file; give a directory (new or used by peft-skip).")
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-        with tempfile.TemporaryFile(dir=output_dir):
-            pass
-    except OSError as error:
-        raise OSError(
-            f"Cannot write to --out {output_dir} ({error.strerror or error}); choose a directory you can write to."
-        ) from None
+    check_writable(output_dir, "--out")
     _claim_names(output_dir, overwrite)
     with file_lock(os.path.join(output_dir, LOCK_FILE), f"the output directory {output_dir}"):
         yield

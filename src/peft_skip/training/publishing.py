@@ -3,6 +3,7 @@ then renamed into place, so a crash leaves the previous version or the new one, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -33,6 +34,27 @@ def _fsync(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_json(path: str, payload: dict, tmp_prefix: str) -> None:
+    """Writes `payload` to the JSON file `path` whole: a crash or a concurrent reader never sees half of it.
+
+    Args:
+        tmp_prefix (`str`): Name prefix of the temporary sibling (one that output directories know as peft-skip's).
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f"{tmp_prefix}{name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def publish(tmp: str, final: str) -> None:
