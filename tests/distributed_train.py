@@ -6,7 +6,7 @@ import os
 import sys
 
 import torch
-from test_trainer import TensorImages, deltas, jitter, prompts, skip_model
+from tiny_training import TensorImages, deltas, jitter, prompts, skip_model
 
 from peft_skip import SkipTrainer, SkipTrainingArguments
 

@@ -4,181 +4,30 @@ parameters of it. Tiny random-weight models built from configs."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import pytest
 import torch
-from conftest import BOS, EOS, PAD, VOCAB, image_batch, text_batch, tiny_clip_config
+from conftest import EOS, text_batch
+from families import CLIP_TEXT, CLIP_VISION, FAMILIES, FAMILY_IDS, SKIP, TEXT, Family, family_inputs
 from peft import PeftModel, get_peft_model, inject_adapter_in_model, load_peft_weights, set_peft_model_state_dict
 from synthetic_images import random_image
 from torch.nn import functional as F
 from transformers import (
-    AltCLIPConfig,
-    AltCLIPModel,
     BertConfig,
     BertModel,
-    ChineseCLIPConfig,
-    ChineseCLIPModel,
     CLIPConfig,
     CLIPModel,
-    CLIPTextConfig,
-    CLIPTextModelWithProjection,
     CLIPVisionConfig,
     CLIPVisionModel,
-    CLIPVisionModelWithProjection,
     MetaClip2Config,
     MetaClip2Model,
-    MetaClip2TextConfig,
-    MetaClip2TextModelWithProjection,
-    MetaClip2VisionConfig,
-    MetaClip2VisionModelWithProjection,
-    Siglip2Config,
     Siglip2ImageProcessorPil,
-    Siglip2Model,
-    SiglipConfig,
-    SiglipModel,
 )
 
 from peft_skip import SkipConfig, get_towers
 from peft_skip.data import ImageTransform
 from peft_skip.towers import DOCS_ADDING_A_FAMILY
 from peft_skip.tuner.layer import SkipLayer
-
-LAYERS, SKIP = 4, 2
-TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=LAYERS, num_attention_heads=4, vocab_size=VOCAB)
-CLIP_TEXT = dict(TEXT, max_position_embeddings=16, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
-VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=LAYERS, num_attention_heads=4)
-CLIP_VISION = dict(VISION, image_size=32, patch_size=8)
-
-
-def _siglip2_images(num: int = 3, padded: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
-    """NaFlex inputs: up to 16 patches of 4x4 pixels; with `padded`, some images have fewer (e.g. 2x4) patches."""
-    shapes = [(4, 4), (2, 4), (4, 2), (3, 3)][:num] if padded else [(4, 4)] * num
-    pixel_values = torch.randn(num, 16, 3 * 4 * 4, generator=torch.Generator().manual_seed(seed))
-    mask = torch.zeros(num, 16, dtype=torch.long)
-    for i, (h, w) in enumerate(shapes):
-        mask[i, : h * w] = 1
-    pixel_values = pixel_values * mask[..., None]
-    return {"pixel_values": pixel_values, "pixel_attention_mask": mask, "spatial_shapes": torch.tensor(shapes)}
-
-
-@dataclass
-class Family:
-    """How to build a tiny model of a family and feed and read it."""
-
-    name: str
-    build: Callable[[str], torch.nn.Module]  # attn_implementation -> model
-    images: Callable[[bool], dict[str, torch.Tensor]] | None = None  # padded -> vision inputs
-    has_text: bool = True
-    standalone: bool = False  # a single-tower `*WithProjection` model
-
-    def image_features(self, model: torch.nn.Module, images: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self.standalone:
-            return model(**images).image_embeds
-        return model.get_image_features(**images).pooler_output
-
-    def text_features(self, model: torch.nn.Module, text: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self.standalone:
-            return model(**text).text_embeds
-        return model.get_text_features(**text).pooler_output
-
-
-def _configured(config, attn_implementation: str):
-    for sub in (config, getattr(config, "text_config", None), getattr(config, "vision_config", None)):
-        if sub is not None:
-            sub._attn_implementation = attn_implementation
-    return config
-
-
-def _build(model_cls, config_fn):
-    def build(attn_implementation: str) -> torch.nn.Module:
-        torch.manual_seed(0)
-        return model_cls(_configured(config_fn(), attn_implementation)).eval()
-
-    return build
-
-
-def _clip_images(padded: bool) -> dict[str, torch.Tensor]:
-    return {"pixel_values": image_batch()}
-
-
-FAMILIES = [
-    Family("clip", lambda attn: _build(CLIPModel, lambda: tiny_clip_config(attn))(attn), _clip_images),
-    Family(
-        "metaclip_2",
-        _build(MetaClip2Model, lambda: MetaClip2Config(text_config=CLIP_TEXT, vision_config=CLIP_VISION)),
-        _clip_images,
-    ),
-    Family(
-        "siglip",
-        _build(
-            SiglipModel,
-            lambda: SiglipConfig(text_config=CLIP_TEXT, vision_config=CLIP_VISION),
-        ),
-        _clip_images,
-    ),
-    Family(
-        "siglip2",
-        _build(
-            Siglip2Model,
-            lambda: Siglip2Config(
-                text_config=CLIP_TEXT,
-                vision_config=dict(VISION, patch_size=4, num_patches=16),
-            ),
-        ),
-        lambda padded: _siglip2_images(padded=padded),
-    ),
-    Family(
-        "chinese_clip",
-        _build(
-            ChineseCLIPModel,
-            lambda: ChineseCLIPConfig(
-                text_config=dict(TEXT, max_position_embeddings=16, pad_token_id=PAD),
-                vision_config=CLIP_VISION,
-                projection_dim=16,
-            ),
-        ),
-        _clip_images,
-    ),
-    Family(
-        "altclip",
-        _build(
-            AltCLIPModel,
-            lambda: AltCLIPConfig(
-                text_config=dict(TEXT, max_position_embeddings=16, pad_token_id=PAD, project_dim=24),
-                vision_config=CLIP_VISION,
-                projection_dim=16,
-            ),
-        ),
-        _clip_images,
-    ),
-    Family(
-        "clip_vision_model",
-        _build(CLIPVisionModelWithProjection, lambda: CLIPVisionConfig(**CLIP_VISION, projection_dim=16)),
-        _clip_images,
-        has_text=False,
-        standalone=True,
-    ),
-    Family(
-        "clip_text_model",
-        _build(CLIPTextModelWithProjection, lambda: CLIPTextConfig(**CLIP_TEXT, projection_dim=16)),
-        standalone=True,
-    ),
-    Family(
-        "metaclip_2_vision_model",
-        _build(MetaClip2VisionModelWithProjection, lambda: MetaClip2VisionConfig(**CLIP_VISION, projection_dim=16)),
-        _clip_images,
-        has_text=False,
-        standalone=True,
-    ),
-    Family(
-        "metaclip_2_text_model",
-        _build(MetaClip2TextModelWithProjection, lambda: MetaClip2TextConfig(**CLIP_TEXT, projection_dim=16)),
-        standalone=True,
-    ),
-]
-FAMILY_IDS = [f.name for f in FAMILIES]
 
 
 def _deep_pass(tower, inputs, mask, pool_kwargs, skip=SKIP):
@@ -198,20 +47,13 @@ def _text_pass(towers, text, skip=SKIP):
     return _deep_pass(towers.text, {"input_ids": ids}, text["attention_mask"], {"input_ids": ids}, skip)
 
 
-def _inputs(family: Family, padded: bool = True) -> tuple[dict | None, dict | None]:
-    images = family.images(padded) if family.images is not None else None
-    # Seed 1 gives prompts of lengths 3, 6, 9 and 5.
-    text = text_batch(num=4, padded=padded, seed=1) if family.has_text else None
-    return images, text
-
-
 @pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
 @pytest.mark.parametrize("family", FAMILIES, ids=FAMILY_IDS)
 def test_deep_pass_from_cache_equals_full_forward(family, attn_implementation, padded):
     model = family.build(attn_implementation)
     towers = get_towers(model)
-    images, text = _inputs(family, padded)
+    images, text = family_inputs(family, padded)
     with torch.no_grad():
         if images is not None:
             expected = family.image_features(model, images)
@@ -237,7 +79,7 @@ def test_text_layers_get_the_mask_of_the_model():
 
 def _towers_output(family: Family, model) -> torch.Tensor:
     """What a user reads off the model: its logits, or the embeddings of a single-tower model."""
-    images, text = _inputs(family)
+    images, text = family_inputs(family)
     with torch.no_grad():
         if family.standalone:
             return family.image_features(model, images) if images is not None else family.text_features(model, text)
@@ -331,7 +173,7 @@ def test_sgd_step_changes_only_deep_deltas(family):
     before = {n: p.detach().clone() for n, p in peft_model.named_parameters()}
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(trainable, lr=0.5)
-    images, text = _inputs(family)
+    images, text = family_inputs(family)
     _contrastive_loss(family, get_towers(peft_model), images, text).backward()
     optimizer.step()
 
@@ -356,7 +198,7 @@ def test_attention_pooling_head_delta_gradients_equal_full_fine_tuning(family):
 
     full = copy.deepcopy(peft_model).merge_and_unload()
     full.requires_grad_(True)
-    images, text = _inputs(family)
+    images, text = family_inputs(family)
     _contrastive_loss(family, get_towers(peft_model), images, text).backward()
     _contrastive_loss(family, get_towers(full), images, text).backward()
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from test_trainer import TensorImages, deltas, identity, jitter, prompts, skip_model
+from tiny_training import TensorImages, deltas, identity, jitter, prompts, skip_model
 from transformers import TrainerCallback, TrainingArguments
 
 from peft_skip import SkipHFTrainer, SkipTrainer, SkipTrainingArguments

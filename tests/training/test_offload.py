@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import image_batch, text_batch, tiny_clip
+from families import FAMILIES, FAMILY_IDS, SKIP, family_inputs
 from peft import get_peft_model, get_peft_model_state_dict
-from test_towers import FAMILIES, FAMILY_IDS, SKIP, _inputs
 from torch import nn
 
 from peft_skip import SkipConfig, get_towers
@@ -154,7 +154,7 @@ def test_shallow_paths_cover_what_the_shallow_pass_reads(family):
     pass from the caches reads none of them: both run with the other weights off the device, unchanged."""
     model = get_peft_model(family.build("sdpa"), SkipConfig(skip_layers=SKIP))
     towers = get_towers(model)
-    images, text = _inputs(family)
+    images, text = family_inputs(family)
     runs = []
     if images is not None:
         inputs = {k: v for k, v in images.items() if k != "pixel_attention_mask"}
@@ -183,7 +183,7 @@ def test_shallow_paths_cover_what_the_shallow_pass_reads(family):
 
 @pytest.mark.parametrize("cache_mode", ["paper", "views"])
 def test_trainer_takes_idle_weights_off_during_the_steps_only(tmp_path, monkeypatch, cache_mode):
-    from test_trainer import train
+    from tiny_training import train
 
     from peft_skip.training.trainer import SkipTrainer
 

@@ -124,7 +124,7 @@ TABLE = {
 @pytest.mark.parametrize("protocol, dataset", sorted(TABLE))
 def test_recipe_matches_the_reference_field_by_field(protocol, dataset):
     got = reference_recipe(protocol, dataset).to_dict()
-    expected = {**COMMON, **TABLE[protocol, dataset], "protocol": protocol, "dataset": dataset, "reference": True}
+    expected = {**COMMON, **TABLE[protocol, dataset], "protocol": protocol, "dataset": dataset}
     for key, value in expected.items():
         assert got[key] == value, f"{protocol}/{dataset}: {key} is {got[key]!r}, the reference has {value!r}"
     assert got["train_template"] == TEMPLATES[expected["train_dataset"]]
@@ -173,7 +173,6 @@ def test_sampler_rule():
 
 def test_other_dataset_names_get_the_protocol_defaults():
     recipe = reference_recipe("base_to_new", "fashion-mnist")
-    assert not recipe.reference
     assert recipe.epochs == 20 and recipe.template == "a photo of a {}." and recipe.train_dataset == "fashion-mnist"
     xd = reference_recipe("cross_dataset", "my_photos")
     assert xd.train_dataset == "imagenet" and xd.epochs == 5 and xd.train_template == "a photo of a {}."

@@ -211,10 +211,13 @@ spec = importlib.util.spec_from_file_location("locks", sys.argv[1])
 locks = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(locks)
 with locks.file_lock(sys.argv[2], "the output directory"):
+    started, ready = os.pipe()
     worker = os.fork()
     if worker == 0:  # a data loader's worker: outlives its killed parent for a while
+        os.write(ready, b"1")  # fork's after-child hooks have run
         time.sleep(60)
         os._exit(0)
+    os.read(started, 1)
     print(worker, flush=True)
     time.sleep(60)
 """

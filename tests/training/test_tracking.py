@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import text_batch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_trainer import NUM_CLASSES, TensorImages, identity, jitter, prompts, skip_model
+from tiny_training import NUM_CLASSES, TensorImages, identity, jitter, prompts, skip_model
 
 from peft_skip.commands.cli import build_parser, main
 from peft_skip.training import tracking

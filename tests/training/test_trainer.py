@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import os
 import socket
@@ -13,11 +12,20 @@ import sys
 import pytest
 import torch
 from conftest import text_batch, tiny_clip
-from peft import get_peft_model, get_peft_model_state_dict
 from safetensors import safe_open
+from tiny_training import (
+    NUM_CLASSES,
+    TensorImages,
+    UnidentifiedImages,
+    deltas,
+    identity,
+    jitter,
+    prompts,
+    skip_model,
+    train,
+)
 from torch.nn import functional as F
 
-from peft_skip import SkipConfig
 from peft_skip.training.batches import class_batches
 from peft_skip.training.cache import ImageCache
 from peft_skip.training.evaluation import evaluate_accuracy
@@ -26,64 +34,6 @@ from peft_skip.training.schedule import lr_lambda, make_optimizer, make_schedule
 from peft_skip.training.trainer import NonFiniteLossError, SkipTrainer
 from peft_skip.training.training_args import SkipTrainingArguments
 from peft_skip.tuner.layer import SkipLayer
-
-NUM_CLASSES = 3
-
-
-class UnidentifiedImages:
-    """A data set of random 32x32 images with the `ImageDataset` interface the trainer uses, but no fingerprint."""
-
-    def __init__(self, per_class: int = 4, num_classes: int = NUM_CLASSES, seed: int = 0) -> None:
-        self.class_names = [f"class {c}" for c in range(num_classes)]
-        self.labels = [c for c in range(num_classes) for _ in range(per_class)]
-        self.pixels = torch.randn(len(self.labels), 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def image(self, i: int) -> torch.Tensor:
-        return self.pixels[i]
-
-
-class TensorImages(UnidentifiedImages):
-    """The same, with the fingerprint that resuming and a cache directory need to tell data sets apart."""
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(self.pixels.numpy().tobytes() + bytes(self.labels)).hexdigest()[:16]
-
-
-def identity(image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    return image
-
-
-def jitter(image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A seeded augmentation: flip and noise, so that every epoch's cache differs."""
-    if torch.rand((), generator=generator) < 0.5:
-        image = image.flip(-1)
-    return image + 0.1 * torch.randn(image.shape, generator=generator)
-
-
-def prompts() -> dict[str, torch.Tensor]:
-    return text_batch(NUM_CLASSES, seed=1)
-
-
-def skip_model(seed: int = 0, **config) -> torch.nn.Module:
-    config = {"skip_layers": 2, "class_ratio": 1.0, **config}
-    return get_peft_model(tiny_clip(seed), SkipConfig(**config))
-
-
-def train(model, tmp_path, data=None, transform=jitter, resume=False, accelerator=None, **args) -> SkipTrainer:
-    args = {"num_train_epochs": 3, "learning_rate": 0.05, "precision": "fp32", "disable_tqdm": True, **args}
-    args = SkipTrainingArguments(output_dir=str(tmp_path), **args)
-    data = data or TensorImages()
-    batch = text_batch(len(data.class_names), seed=1)
-    trainer = SkipTrainer(model, args, data, batch, transform, accelerator)
-    trainer.result = trainer.train(resume_from_checkpoint=resume)  # read by the tests
-    return trainer
-
-
-def deltas(model) -> dict[str, torch.Tensor]:
-    return get_peft_model_state_dict(model)
 
 
 def full_finetuning_step(model, pixels, labels, lr: float, weight_decay: float = 0.0) -> None:
@@ -594,7 +544,7 @@ def test_two_processes_match_one(tmp_path):
     """`accelerate launch` with 2 CPU processes (gloo on loopback) gives the deltas of a single process."""
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(["src", "tests", "tests/training", os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join(["src", "tests", os.environ.get("PYTHONPATH", "")]),
     }
     with socket.socket() as probe:  # a free port: another test run on this machine may be using the config's
         probe.bind(("127.0.0.1", 0))

@@ -75,7 +75,6 @@ class Recipe:
             protocol's defaults.
         train_dataset: the dataset the model is trained on: `dataset` (`None` with it), ImageNet for cross-dataset
             and domain generalisation.
-        reference: whether `dataset` is one of the paper's datasets (else the protocol's defaults apply).
         text_lr, vision_lr: peak lr of the text tower (with its final layer norm and projection) and of the image
             tower (with its post layer norm and projection); they differ under the reference's staged lr.
         epochs: training epochs, warm-up included (`MAX_EPOCH`, already quartered where the reference does).
@@ -106,7 +105,6 @@ class Recipe:
     protocol: str
     dataset: str | None
     train_dataset: str | None
-    reference: bool
     text_lr: float
     vision_lr: float
     epochs: int
@@ -220,7 +218,6 @@ def reference_recipe(protocol: str, dataset: str | None = None, strict: bool = F
         protocol=protocol,
         dataset=dataset,
         train_dataset=train_dataset,
-        reference=known,
         text_lr=text_lr,
         vision_lr=vision_lr,
         epochs=epochs,
