@@ -23,6 +23,7 @@ import peft_skip  # noqa: F401
 from peft_skip.commands import experiment
 from peft_skip.commands.cli import main
 from peft_skip.training import run_state, trainer
+from peft_skip.training.output_dir import claim_output_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN = ["--data", "digits", "--shots", "4", "--skip-layers", "2", "--test-limit", "30", "--no-progress"]
@@ -256,7 +257,7 @@ def test_make_offline_model_never_writes_over_a_real_model(tiny_model, tmp_path,
     assert main(["make-offline-model", "--out", tiny_model, "--arch", "tiny"]) == 0  # its own: rewritten
 
 
-def test_one_benchmark_at_a_time_per_out(tmp_path, monkeypatch):
+def test_one_benchmark_at_a_time_per_out_and_never_into_a_users_directory(tmp_path, monkeypatch):
     from peft_skip.protocols import benchmark as protocols
     from peft_skip.training.locks import BusyError, file_lock
 
@@ -268,6 +269,12 @@ def test_one_benchmark_at_a_time_per_out(tmp_path, monkeypatch):
         protocol="few_shot", model="m", data_root=str(tmp_path), output_dir=str(tmp_path / "b"), datasets="eurosat"
     )
     (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "results.md").write_text("my own results\n")
+    with pytest.raises(FileExistsError, match=r"holds files peft-skip did not write \(results.md\)"):
+        protocols.run_benchmark(args, {})
+    (tmp_path / "b" / "results.md").unlink()
+    with claim_output_dir(args.output_dir, names=protocols.BENCHMARK_NAMES):  # a benchmark's directory
+        pass
     errors = []
 
     def second_benchmark():
@@ -280,7 +287,7 @@ def test_one_benchmark_at_a_time_per_out(tmp_path, monkeypatch):
         thread = threading.Thread(target=second_benchmark)
         thread.start()
         thread.join()
-    assert len(errors) == 1 and "the benchmark directory" in errors[0] and "is in use" in errors[0]
+    assert len(errors) == 1 and "the output directory" in errors[0] and "is in use" in errors[0]
     assert protocols.run_benchmark(args, {}) == {"cells": []}
 
 

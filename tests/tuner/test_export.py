@@ -121,6 +121,23 @@ def test_export_command(trained, tmp_path, capsys):
     assert torch.allclose(plain_peft_logits(base_dir, str(tmp_path / "lora"), tmp_path), expected, atol=1e-5)
     assert main([*argv, "--rank", "0"]) == 2
     assert "rank=0 is invalid" in capsys.readouterr().err
+    assert main([*argv, "--rank", "16"]) == 0  # again into its own export: replaced whole
+    assert not (tmp_path / "lora" / ".adapter.tmp").exists()
+
+
+def test_export_never_writes_over_the_adapter_it_reads_or_a_users_directory(trained, tmp_path, capsys):
+    base_dir, model = trained
+    model.save_pretrained(tmp_path / "skip")
+    skip_files = {p.name: p.read_bytes() for p in (tmp_path / "skip").iterdir()}
+    argv = ["export", "--model", base_dir, "--adapter", str(tmp_path / "skip"), "--rank", "4", "--out"]
+    assert main([*argv, str(tmp_path / "skip")]) == 2
+    assert "overlaps --adapter" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "skip").iterdir()} == skip_files
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "adapter_config.json").write_text("{}")
+    assert main([*argv, str(tmp_path / "mine")]) == 2
+    assert "holds files peft-skip did not write (adapter_config.json)" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "adapter_config.json").read_text() == "{}"
 
 
 def test_a_merged_adapter_is_refused(trained, tmp_path):

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import sys
 import typing
 from collections.abc import Sequence
@@ -30,8 +31,11 @@ from ..data import (
 from ..offline import OfflineModelArguments, make_offline_model
 from ..protocols.benchmark import BenchmarkArguments, run_benchmark
 from ..training.finite import NonFiniteLossError
+from ..training.output_dir import check_out_apart, claim_output_dir
+from ..training.publishing import publish_files
 from ..training.recipes import REFERENCE_DATASETS, RecipeArguments, reference_recipe
 from ..training.training_args import SkipTrainingArguments
+from ..tuner.adapter_files import STAGING_DIR
 from ..tuner.config import METHOD_FIELDS, SkipConfig
 from ..tuner.export import ExportArguments, export_lora
 from .arguments import DataArguments, EvalArguments, LoggingArguments, ModelArguments
@@ -103,8 +107,14 @@ def eval_command(model_args: ModelArguments, data: DataArguments, eval_args: Eva
 
 
 def export_command(model_args: ModelArguments, args: ExportArguments) -> int:
-    skip = load_saved_adapter(transformers.AutoModel.from_pretrained(model_args.model), args.adapter)
-    report = export_lora(skip, args.output_dir, args.rank)
+    # Never over the Skip Tuning adapter it reads (the same file names) nor a user's directory; each file lands whole.
+    check_out_apart(args.output_dir, {"--adapter": args.adapter, "--model": model_args.model})
+    with claim_output_dir(args.output_dir):
+        skip = load_saved_adapter(transformers.AutoModel.from_pretrained(model_args.model), args.adapter)
+        staging = os.path.join(args.output_dir, STAGING_DIR)
+        shutil.rmtree(staging, ignore_errors=True)
+        report = export_lora(skip, staging, args.rank)
+        publish_files(staging, args.output_dir)
     skip_bytes = os.path.getsize(os.path.join(args.adapter, "adapter_model.safetensors"))
     print(
         f"Wrote a rank-{args.rank} LoRA adapter to {args.output_dir}: {report['bytes'] / 2**20:.2f} MiB (the Skip "

@@ -28,12 +28,15 @@ from ..data.coop_splits import dataset_folder
 from ..offline import has_random_weights
 from ..training.accelerator import make_accelerator
 from ..training.evaluation import evaluate_protocol, tokenize_classes
-from ..training.output_dir import lock_output_dir
+from ..training.output_dir import LOCK_FILE, MANIFEST, claim_output_dir
 from ..training.recipes import PROTOCOLS, TRAIN_DATASETS, reference_recipe
 from ..training.trainer import SkipTrainer
 from ..training.training_args import SkipTrainingArguments
 from ..tuner.config import SkipConfig
-from .report import load_results, write_results
+from .report import RESULTS, RESULTS_FIGURE, RESULTS_STAGING, RESULTS_TABLE, load_results, write_results
+
+# Every name a benchmark writes into its --out: the results and a directory per dataset.
+BENCHMARK_NAMES = (LOCK_FILE, MANIFEST, RESULTS, RESULTS_TABLE, RESULTS_FIGURE, RESULTS_STAGING, *COOP_DATASETS)
 
 
 def _arg(default, help: str, *aliases: str, **kwargs):
@@ -222,7 +225,8 @@ def run_benchmark(args: BenchmarkArguments, method: dict) -> dict:
         "mixed_precision": args.mixed_precision,
         "skip_config": method,
     }
-    with lock_output_dir(args.output_dir, "the benchmark directory"):  # one at a time: results.json is shared
+    # One at a time (results.json is shared), and never into a directory of the user's.
+    with claim_output_dir(args.output_dir, names=BENCHMARK_NAMES):
         return _run_cells(args, method, cells, settings)
 
 

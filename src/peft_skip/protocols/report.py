@@ -20,6 +20,9 @@ from ..training.publishing import publish_files
 
 FORMAT = "peft-skip/benchmark-v1"
 RESULTS = "results.json"
+RESULTS_TABLE = "results.md"
+RESULTS_FIGURE = "results.png"
+RESULTS_STAGING = ".results.tmp"
 
 # Published ViT-B/16 averages (/work/shared/SKIP_TUNING.md, "Published results"); the per-dataset values of the
 # paper's tables are not in this project's sources, so only these are shown next to ours.
@@ -158,7 +161,7 @@ def write_figure(output_dir: str, results: dict) -> str | None:
     ax.set_title(f"{TITLES[results['protocol']]}" + (" - RANDOM weights" if results.get("random_weights") else ""))
     ax.legend(fontsize="small")
     fig.tight_layout()
-    path = os.path.join(output_dir, "results.png")
+    path = os.path.join(output_dir, RESULTS_FIGURE)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -166,11 +169,11 @@ def write_figure(output_dir: str, results: dict) -> str | None:
 
 def write_results(output_dir: str, results: dict) -> None:
     """results.json and results.md, each replaced whole (a crash leaves the previous or the new file)."""
-    tmp = os.path.join(output_dir, ".results.tmp")
+    tmp = os.path.join(output_dir, RESULTS_STAGING)
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     Path(tmp, RESULTS).write_text(json.dumps(results, indent=2))
-    Path(tmp, "results.md").write_text(results_markdown(results))
+    Path(tmp, RESULTS_TABLE).write_text(results_markdown(results))
     publish_files(tmp, output_dir)
 
 

@@ -55,7 +55,7 @@ def may_write(output_dir: str, name: str) -> bool:
     return not os.path.lexists(os.path.join(output_dir, name)) or name in our_names(output_dir)
 
 
-def _claim_names(output_dir: str, overwrite: bool) -> None:
+def _claim_names(output_dir: str, overwrite: bool, names: tuple[str, ...]) -> None:
     """Refuses an output directory holding files peft-skip did not write (unless `overwrite`: then they are kept, and
     one at a name a run writes is still refused, but a README.md of the user's), then records the run's names."""
     ours = our_names(output_dir)
@@ -66,13 +66,13 @@ def _claim_names(output_dir: str, overwrite: bool) -> None:
             f"--out {output_dir} holds files peft-skip did not write ({listed}); choose a new or empty directory, or "
             "pass --overwrite_output_dir to write beside them (they are kept)."
         )
-    clashes = sorted(set(foreign) & (set(OUTPUT_NAMES) - {CARD_NAME}))
+    clashes = sorted(set(foreign) & (set(names) - {CARD_NAME}))
     if clashes:
         raise FileExistsError(
             f"--out {output_dir} holds {', '.join(clashes)}, which peft-skip did not write and would replace; move "
             "them away or choose another --out."
         )
-    written = sorted(ours | (set(OUTPUT_NAMES) - set(foreign)))
+    written = sorted(ours | (set(names) - set(foreign)))
     write_json(os.path.join(output_dir, MANIFEST), {"written": written}, TMP_PREFIX)
 
 
@@ -114,7 +114,9 @@ def check_out_apart(output_dir: str, inputs: dict[str, str | None]) -> None:
 
 
 @contextlib.contextmanager
-def claim_output_dir(output_dir: str, main_process: bool = True, overwrite: bool = False) -> Iterator[None]:
+def claim_output_dir(
+    output_dir: str, main_process: bool = True, overwrite: bool = False, names: tuple[str, ...] = OUTPUT_NAMES
+) -> Iterator[None]:
     """Creates `output_dir` if needed, checks it is writable and ours, and holds its lock for the `with` block.
 
     Call it before any expensive work: an unusable, foreign or busy directory fails at once. Only the main process of
@@ -122,6 +124,8 @@ def claim_output_dir(output_dir: str, main_process: bool = True, overwrite: bool
 
     Args:
         overwrite (`bool`): Accept a directory holding files peft-skip did not write (they are kept).
+        names (`tuple[str, ...]`): Every name the run writes there (`OUTPUT_NAMES`: a training's; a benchmark's
+            differ), recorded in the manifest as peft-skip's.
 
     Raises:
         OSError: Naming the directory and the fix: it is a file, not writable, holds files of the user's, or is in
@@ -138,19 +142,6 @@ def claim_output_dir(output_dir: str, main_process: bool = True, overwrite: bool
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise NotADirectoryError(f"--out {output_dir} is a file; give a directory (new or used by peft-skip).")
     check_writable(output_dir, "--out")
-    _claim_names(output_dir, overwrite)
+    _claim_names(output_dir, overwrite, names)
     with file_lock(os.path.join(output_dir, LOCK_FILE), f"the output directory {output_dir}"):
-        yield
-
-
-@contextlib.contextmanager
-def lock_output_dir(output_dir: str, what: str) -> Iterator[None]:
-    """Creates `output_dir` if needed and holds its lock for the `with` block (no ownership check: for directories
-    whose other contents are managed elsewhere, such as a benchmark's).
-
-    Raises:
-        BusyError: Another process holds it; the message names `what`, the directory and the holder's pid.
-    """
-    os.makedirs(output_dir, exist_ok=True)
-    with file_lock(os.path.join(output_dir, LOCK_FILE), f"{what} {output_dir}"):
         yield
