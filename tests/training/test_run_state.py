@@ -312,3 +312,21 @@ def test_an_unwritable_cache_dir_fails_before_any_work(models, folder, tmp_path,
     captured = capsys.readouterr()
     assert "/sys/peft-skip-test-cache" in captured.err.strip().splitlines()[-1] and "zero-shot" not in captured.out
     assert "Traceback" not in captured.err
+
+
+def test_a_json_result_interrupted_while_written_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    from peft_skip.training import publishing
+
+    path = tmp_path / "metrics.json"
+    publishing.write_json(str(path), {"accuracy": 0.5}, ".peft-skip-")
+    real_dump = json.dump
+
+    def killed_halfway(payload, f, **kwargs):
+        f.write(json.dumps(payload)[:5])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(publishing.json, "dump", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        publishing.write_json(str(path), {"accuracy": 0.9}, ".peft-skip-")
+    monkeypatch.setattr(publishing.json, "dump", real_dump)
+    assert json.loads(path.read_text()) == {"accuracy": 0.5} and os.listdir(tmp_path) == ["metrics.json"]
