@@ -3,6 +3,7 @@ never inherited, an unusable --out or a damaged checkpoint fails at once in one 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -126,19 +127,26 @@ def _hold_lock(path) -> subprocess.Popen:
     return holder
 
 
+@contextlib.contextmanager
+def _locked_by_another_process(path):
+    """The lock file `path` held by a process of pid 4242 (as it writes) for the block, then killed."""
+    holder = _hold_lock(path)
+    try:
+        yield
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+
+
 def test_one_run_at_a_time_per_out_and_a_killed_run_leaves_no_lock(models, folder, tmp_path, capsys):
     out = tmp_path / "run"
     with claim_output_dir(str(out)):  # a directory of peft-skip's, as a running run leaves it
         pass
-    holder = _hold_lock(out / LOCK_FILE)
-    try:
+    with _locked_by_another_process(out / LOCK_FILE):
         assert _train(models[0], folder, out) == 2
         captured = capsys.readouterr()
         assert "is in use by another process (pid 4242)" in captured.err.strip().splitlines()[-1]
         assert "zero-shot" not in captured.out
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
     assert _train(models[0], folder, out) == 0  # the OS released the dead process's lock
 
 
@@ -271,15 +279,11 @@ def test_eval_into_an_out_claims_it_as_train_does(models, folder, tmp_path, caps
     written = json.loads((out / "eval_results.json").read_text())
     assert written["num_images"] == 8 and not [name for name in os.listdir(out) if name.endswith(".tmp")]
     capsys.readouterr()
-    holder = _hold_lock(out / LOCK_FILE)  # an eval (or a train) still writing there
-    try:
+    with _locked_by_another_process(out / LOCK_FILE):  # an eval (or a train) still writing there
         assert _eval(models[0], folder, out) == 2
         captured = capsys.readouterr()
         assert "is in use by another process (pid 4242)" in captured.err.strip().splitlines()[-1]
         assert "accuracy" not in captured.out
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine\n")
@@ -318,7 +322,7 @@ def test_a_json_result_interrupted_while_written_leaves_the_previous_one_whole(t
     from peft_skip.training import publishing
 
     path = tmp_path / "metrics.json"
-    publishing.write_json(str(path), {"accuracy": 0.5}, ".peft-skip-")
+    publishing.write_json(str(path), {"accuracy": 0.5})
     real_dump = json.dump
 
     def killed_halfway(payload, f, **kwargs):
@@ -327,6 +331,6 @@ def test_a_json_result_interrupted_while_written_leaves_the_previous_one_whole(t
 
     monkeypatch.setattr(publishing.json, "dump", killed_halfway)
     with pytest.raises(KeyboardInterrupt):
-        publishing.write_json(str(path), {"accuracy": 0.9}, ".peft-skip-")
+        publishing.write_json(str(path), {"accuracy": 0.9})
     monkeypatch.setattr(publishing.json, "dump", real_dump)
     assert json.loads(path.read_text()) == {"accuracy": 0.5} and os.listdir(tmp_path) == ["metrics.json"]

@@ -27,7 +27,7 @@ from ..offline import has_random_weights
 from ..training.accelerator import make_accelerator
 from ..training.evaluation import evaluate_protocol, summary, tokenize_classes
 from ..training.finite import NonFiniteLossError
-from ..training.output_dir import CARD_NAME, TMP_PREFIX, check_out_apart, check_writable, claim_output_dir, may_write
+from ..training.output_dir import CARD_NAME, check_out_apart, check_writable, claim_output_dir, may_write
 from ..training.precision import to_reference_fp16
 from ..training.preflight import check_images_readable, check_launch
 from ..training.publishing import write_json
@@ -201,7 +201,7 @@ def _train_and_evaluate(
         card = build_card(adapter.base_model_name_or_path, config.method_settings(), metrics, name, training.license)
         if may_write(training.output_dir, CARD_NAME):  # a user's README.md is kept
             write_card(training.output_dir, card)  # now with the accuracies
-        write_json(os.path.join(training.output_dir, "metrics.json"), metrics, TMP_PREFIX)
+        write_json(os.path.join(training.output_dir, "metrics.json"), metrics)
         say(f"adapter and metrics.json written to {training.output_dir}")
         if repo_id:
             say(f"uploaded to the Hub: {push_adapter(training.output_dir, repo_id)}")
@@ -268,7 +268,7 @@ def _evaluate_saved(model_args: ModelArguments, data: DataArguments, eval_args: 
     accelerator.print(f"accuracy ({eval_args.precision}): {summary(result)}")
     if accelerator.is_main_process:
         if eval_args.output_dir:
-            write_json(os.path.join(eval_args.output_dir, "eval_results.json"), result, TMP_PREFIX)
+            write_json(os.path.join(eval_args.output_dir, "eval_results.json"), result)
         else:
             print(json.dumps(result, indent=2))
     return result

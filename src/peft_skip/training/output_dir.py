@@ -15,14 +15,12 @@ from collections.abc import Iterator
 
 from ..tuner.adapter_files import CONFIG_NAME, STAGING_DIR, WEIGHTS_NAME
 from .locks import file_lock
-from .publishing import write_json
+from .publishing import TMP_PREFIX, write_json
 
 CHECKPOINTS_DIR = "checkpoints"
 LOCK_FILE = ".lock"
 # Lists the names in an output directory that peft-skip wrote (or reserved for a run); everything else is the user's.
 MANIFEST = ".peft-skip"
-# Temporary files are named `.peft-skip-*`: peft-skip's even when a crash leaves one behind.
-TMP_PREFIX = MANIFEST + "-"
 CARD_NAME = "README.md"
 TRACKING_DIR = "runs"  # local trackers' files (TensorBoard), as transformers' Trainer names it
 # Every name a run (`train`, or `eval --out`) writes into its output directory.
@@ -73,7 +71,7 @@ def _claim_names(output_dir: str, overwrite: bool, names: tuple[str, ...]) -> No
             "them away or choose another --out."
         )
     written = sorted(ours | (set(names) - set(foreign)))
-    write_json(os.path.join(output_dir, MANIFEST), {"written": written}, TMP_PREFIX)
+    write_json(os.path.join(output_dir, MANIFEST), {"written": written})
 
 
 def check_writable(directory: str, flag: str) -> None:

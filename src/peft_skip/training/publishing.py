@@ -10,6 +10,10 @@ import shutil
 
 from ..tuner.adapter_files import CONFIG_NAME, STAGING_DIR, WEIGHTS_NAME, file_sha256
 
+# Temporary files are named `.peft-skip-*` (after an output directory's manifest): peft-skip's even when a crash
+# leaves one behind.
+TMP_PREFIX = ".peft-skip-"
+
 
 def finish_interrupted_publish(directory: str) -> None:
     """Completes a `publish_files` interrupted after the weights were moved: the staged config that belongs to them
@@ -36,15 +40,12 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
-def write_json(path: str, payload: dict, tmp_prefix: str) -> None:
-    """Writes `payload` to the JSON file `path` whole: a crash or a concurrent reader never sees half of it.
-
-    Args:
-        tmp_prefix (`str`): Name prefix of the temporary sibling (one that output directories know as peft-skip's).
-    """
+def write_json(path: str, payload: dict) -> None:
+    """Writes `payload` to the JSON file `path` whole, through a `TMP_PREFIX` sibling: a crash or a concurrent reader
+    never sees half of it."""
     directory, name = os.path.split(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f"{tmp_prefix}{name}.tmp")
+    tmp = os.path.join(directory, f"{TMP_PREFIX}{name}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(payload, f, indent=2)
